@@ -1,0 +1,33 @@
+//! Tether's wire protocol, sans-IO: every parser of untrusted bytes lives here, bounded in size.
+//!
+//! * [`name`]: device keys, DNS-label validation, the SNI scheme and the SPIFFE device identity.
+//! * [`preface`]: the versioned preface an agent sends on its device connection, and the reply.
+//! * [`head`]: the HTTP/1.1 `CONNECT` request head a service sends, and the relay's answer.
+//! * [`token`]: stream-token claims with Ed25519 (EdDSA JWS) signing and verification.
+//! * [`ring`]: the rendezvous hash ring mapping a device to its owning relay.
+//! * [`client_hello`]: reads the SNI and ALPN from a TLS ClientHello without terminating TLS.
+//!
+//! Nothing here opens a socket or reads a clock: callers pass bytes and the current time in.
+
+#![forbid(unsafe_code)]
+
+pub mod client_hello;
+pub mod head;
+pub mod name;
+pub mod preface;
+pub mod ring;
+pub mod token;
+
+/// ALPN protocol id of a device connection (agent ↔ relay, HTTP/2 with reversed roles).
+pub const ALPN_DEVICE: &[u8] = b"tether/1";
+/// ALPN protocol id of a service connection (client ↔ relay, HTTP/1.1 `CONNECT`).
+pub const ALPN_SERVICE: &[u8] = b"http/1.1";
+
+/// HTTP/2 request header carrying the target port on the device (relay → agent).
+pub const HEADER_TARGET_PORT: &str = "tether-target-port";
+/// HTTP/2 request header carrying the DeviceStream UID the stream belongs to (relay → agent).
+pub const HEADER_STREAM_UID: &str = "tether-stream-uid";
+/// W3C trace-context header propagated across client, relay and agent.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// Response header carrying a machine-readable refusal reason (relay → client, agent → relay).
+pub const HEADER_ERROR: &str = "tether-error";

@@ -1,1 +1,23 @@
-//! placeholder
+//! Tether's shared async transport pieces, used by the relay, the agent and the CLI.
+//!
+//! * [`tls`]: rustls configurations for each role, PEM loading with clear errors, and the verifier
+//!   that checks the relay's certificate against the relay's name while SNI names the device.
+//! * [`pki`]: a small CA that issues relay serving certificates and device client certificates.
+//! * [`h2io`]: an HTTP/2 stream as `AsyncRead + AsyncWrite`, and the HTTP/2 tuning both ends use.
+//! * [`dial`]: outbound TCP, directly or through an HTTP `CONNECT` proxy (`HTTPS_PROXY`).
+//!
+//! It is a separate crate from `tether-proto` because that one stays sans-IO; see
+//! docs/architecture.md.
+
+#![forbid(unsafe_code)]
+
+pub mod dial;
+pub mod h2io;
+pub mod pki;
+pub mod tls;
+
+/// Installs the process-wide rustls crypto provider (ring). Binaries call it first thing in `main`;
+/// calling it twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

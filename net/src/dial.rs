@@ -1,0 +1,208 @@
+//! Outbound TCP, directly or through an HTTP `CONNECT` proxy (`HTTPS_PROXY`, with basic auth).
+//!
+//! Factory networks often allow only outbound 443 through a proxy, so both the agent and the CLI
+//! dial through this module. `NO_PROXY` is honoured for exact hosts and domain suffixes.
+
+use std::time::Duration;
+
+use base64::Engine;
+use tether_proto::head::{Parsed, parse_response};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::timeout,
+};
+use url::Url;
+
+/// Time allowed for the TCP connect and, when proxied, the proxy's answer.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HTTP proxy to tunnel through.
+#[derive(Clone)]
+pub struct Proxy {
+    host: String,
+    port: u16,
+    /// `user:password` for `Proxy-Authorization: Basic`, if any. Secret.
+    credentials: Option<String>,
+    no_proxy: Vec<String>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("credentials", &self.credentials.as_ref().map(|_| "MASKED"))
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
+}
+
+/// Why a proxy setting is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid proxy URL (expected http://[user:password@]host:port): {0}")]
+pub struct ProxyError(String);
+
+impl Proxy {
+    /// Parses a proxy URL such as `http://user:pass@proxy.local:3128`.
+    ///
+    /// # Errors
+    /// When the URL is not `http://` with a host.
+    pub fn parse(url: &str, no_proxy: &str) -> Result<Self, ProxyError> {
+        let parsed = Url::parse(url).map_err(|e| ProxyError(e.to_string()))?;
+        if parsed.scheme() != "http" {
+            return Err(ProxyError(format!("scheme {:?} is not supported", parsed.scheme())));
+        }
+        let host = parsed.host_str().ok_or_else(|| ProxyError("no host".into()))?.to_owned();
+        let port = parsed.port().unwrap_or(80);
+        let credentials = (!parsed.username().is_empty()).then(|| {
+            let user = percent_decode(parsed.username());
+            let pass = percent_decode(parsed.password().unwrap_or(""));
+            format!("{user}:{pass}")
+        });
+        let no_proxy = no_proxy
+            .split(',')
+            .map(|s| s.trim().trim_start_matches('.').to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(Self { host, port, credentials, no_proxy })
+    }
+
+    /// Reads `HTTPS_PROXY`/`https_proxy` and `NO_PROXY`/`no_proxy` from the environment.
+    ///
+    /// # Errors
+    /// When the variable is set but not a valid proxy URL.
+    pub fn from_env() -> Result<Option<Self>, ProxyError> {
+        let var = |a: &str, b: &str| std::env::var(a).or_else(|_| std::env::var(b)).ok();
+        match var("HTTPS_PROXY", "https_proxy").filter(|v| !v.is_empty()) {
+            Some(url) => Self::parse(&url, &var("NO_PROXY", "no_proxy").unwrap_or_default()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn bypasses(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.no_proxy
+            .iter()
+            .any(|n| n == "*" || host == *n || host.ends_with(&format!(".{n}")))
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(s.as_bytes()).map(|(k, v)| format!("{k}{v}")).collect::<String>()
+}
+
+/// Opens a TCP connection to `host:port`, through `proxy` unless `NO_PROXY` exempts the host.
+///
+/// # Errors
+/// Connect failures, a timeout, or a proxy that refuses (its status is in the message).
+pub async fn dial(host: &str, port: u16, proxy: Option<&Proxy>) -> std::io::Result<TcpStream> {
+    let stream = match proxy.filter(|p| !p.bypasses(host)) {
+        None => timeout(DIAL_TIMEOUT, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| timed_out(host, port))??,
+        Some(p) => timeout(DIAL_TIMEOUT, via_proxy(p, host, port)).await.map_err(|_| timed_out(host, port))??,
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn timed_out(host: &str, port: u16) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {host}:{port} timed out"))
+}
+
+async fn via_proxy(proxy: &Proxy, host: &str, port: u16) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect((proxy.host.as_str(), proxy.port)).await?;
+    let target = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some(creds) = &proxy.credentials {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(creds);
+        head.push_str(&format!("Proxy-Authorization: Basic {encoded}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    // Read the answer byte by byte: nothing after it may be consumed, since the TLS handshake that
+    // follows belongs to the caller. It is one short head, once per connection.
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        let b = stream.read_u8().await?;
+        buf.push(b);
+        if buf.ends_with(b"\r\n\r\n") || buf.len() >= tether_proto::head::MAX_HEAD_LEN {
+            break;
+        }
+    }
+    match parse_response(&buf) {
+        Ok(Parsed::Complete(resp, _)) if (200..300).contains(&resp.status) => Ok(stream),
+        Ok(Parsed::Complete(resp, _)) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("proxy {}:{} refused CONNECT {target}: HTTP {}", proxy.host, proxy.port, resp.status),
+        )),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("proxy {}:{} sent a malformed answer", proxy.host, proxy.port),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    #[test]
+    fn parses_proxy_urls() {
+        let p = Proxy::parse("http://us%40er:p%3Ass@proxy.local:3128", "localhost, .internal").unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("proxy.local", 3128));
+        assert_eq!(p.credentials.as_deref(), Some("us@er:p:ss"));
+        assert!(p.bypasses("localhost") && p.bypasses("relay.internal") && !p.bypasses("relay.example.com"));
+        assert!(!format!("{p:?}").contains("p:ss"));
+        assert!(Proxy::parse("socks5://x:1", "").is_err());
+        assert!(Proxy::parse("not a url", "").is_err());
+    }
+
+    #[tokio::test]
+    async fn tunnels_through_a_connect_proxy_with_basic_auth() {
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_port = target.local_addr().unwrap().port();
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_port = proxy.local_addr().unwrap().port();
+        // A minimal CONNECT proxy that checks credentials and then splices.
+        tokio::spawn(async move {
+            let (mut client, _) = proxy.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(client.read_u8().await.unwrap());
+            }
+            let head = String::from_utf8(head).unwrap();
+            assert!(head.starts_with(&format!("CONNECT 127.0.0.1:{target_port} HTTP/1.1")));
+            assert!(head.contains("Proxy-Authorization: Basic dTpw")); // base64("u:p")
+            let mut upstream = TcpStream::connect(("127.0.0.1", target_port)).await.unwrap();
+            client.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await.ok();
+        });
+        let p = Proxy::parse(&format!("http://u:p@127.0.0.1:{proxy_port}"), "").unwrap();
+        let mut s = dial("127.0.0.1", target_port, Some(&p)).await.unwrap();
+        let (mut t, _) = target.accept().await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        t.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+    }
+
+    #[tokio::test]
+    async fn reports_proxy_refusal() {
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = proxy.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut c, _) = proxy.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(c.read_u8().await.unwrap());
+            }
+            c.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n").await.unwrap();
+        });
+        let p = Proxy::parse(&format!("http://127.0.0.1:{port}"), "").unwrap();
+        let err = dial("relay.example.com", 443, Some(&p)).await.unwrap_err();
+        assert!(err.to_string().contains("407"), "{err}");
+    }
+}

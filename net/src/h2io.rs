@@ -1,0 +1,196 @@
+//! An HTTP/2 stream as `AsyncRead + AsyncWrite`, and the HTTP/2 settings both ends of a device
+//! connection use.
+//!
+//! Each tunnelled TCP connection is one HTTP/2 stream on the device connection. [`H2Stream`] lets
+//! the usual tokio copy loops drive it while h2 does flow control: received data is released back
+//! to the peer's window only as the reader takes it, so a slow consumer slows only its own stream.
+//! `poll_shutdown` sends END_STREAM, which is TCP's half-close.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::{Buf, Bytes};
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Per-stream receive window. The h2 default (64 KiB) caps one stream at 64 KiB per round trip;
+/// 4 MiB lets one stream fill a fast link while bounding what a stalled stream can pin in memory.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// Connection receive window, shared by all streams of one device connection: room for several
+/// streams at full speed.
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest DATA frame. 16 KiB (the protocol default) matches one TLS record, so a large frame only
+/// adds latency for interactive streams sharing the connection without saving records.
+pub const MAX_FRAME_SIZE: u32 = 16 * 1024;
+/// How much unacknowledged data one stream may queue for sending.
+pub const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// Default cap on concurrent streams per device connection.
+pub const DEFAULT_MAX_STREAMS: u32 = 256;
+/// Default PING interval for dead-peer detection; well under the 60 s idle cut of common load
+/// balancers (AWS ALB/NLB, Cloudflare's 270 s is longer).
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a PING may go unanswered before the peer is declared dead.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The h2 client builder for the relay side of a device connection.
+pub fn client_builder(max_streams: u32) -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_streams(max_streams)
+        .max_header_list_size(16 * 1024)
+        // The relay never accepts pushes: the agent serves, it does not initiate.
+        .enable_push(false);
+    b
+}
+
+/// The h2 server builder for the agent side of a device connection.
+pub fn server_builder(max_streams: u32) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_streams(max_streams)
+        .max_header_list_size(16 * 1024)
+        // Bound resets a peer can make us process (rapid-reset, CVE-2023-44487).
+        .max_concurrent_reset_streams(64)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(Some(256));
+    b
+}
+
+/// One HTTP/2 stream of a device connection, read and written as a byte stream.
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Data taken from h2 but not yet read by the caller.
+    pending: Bytes,
+    /// The peer ended its side (END_STREAM).
+    recv_done: bool,
+}
+
+impl H2Stream {
+    /// Wraps the two halves of a stream.
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self { send, recv, pending: Bytes::new(), recv_done: false }
+    }
+}
+
+fn h2_to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        e.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"))
+    } else if e.reason() == Some(h2::Reason::NO_ERROR) || e.reason() == Some(h2::Reason::CANCEL) {
+        io::Error::new(io::ErrorKind::ConnectionReset, e)
+    } else {
+        io::Error::other(e)
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if self.recv_done {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // Reopen the peer's window for what we took out of h2: at most one frame is
+                    // held here, so backpressure still reaches the sender.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.pending = data;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => self.recv_done = true,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.reserve_capacity(buf.len());
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => {
+                    let n = n.min(buf.len());
+                    self.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(h2_to_io)?;
+                    return Poll::Ready(Ok(n));
+                }
+                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // h2 flushes frames from its connection task; nothing is buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.send.reserve_capacity(0);
+        Poll::Ready(self.send.send_data(Bytes::new(), true).map_err(h2_to_io))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Request, Response};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An h2 client and server over an in-memory pipe; returns (client stream, server stream).
+    async fn pair() -> (H2Stream, H2Stream) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let mut conn = server_builder(8).handshake::<_, Bytes>(b).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            let send = respond.send_response(Response::new(()), false).unwrap();
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            H2Stream::new(send, req.into_body())
+        });
+        let (mut client, conn) = client_builder(8).handshake::<_, Bytes>(a).await.unwrap();
+        tokio::spawn(conn);
+        let (resp, send) = client.send_request(Request::post("/").body(()).unwrap(), false).unwrap();
+        let server = server.await.unwrap();
+        let recv = resp.await.unwrap().into_body();
+        (H2Stream::new(send, recv), server)
+    }
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_with_half_close() {
+        let (mut c, mut s) = pair().await;
+        let big: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let expect = big.clone();
+        let writer = tokio::spawn(async move {
+            c.write_all(&big).await.unwrap();
+            c.shutdown().await.unwrap(); // half-close: the server sees EOF ...
+            let mut back = Vec::new();
+            c.read_to_end(&mut back).await.unwrap(); // ... and can still answer.
+            back
+        });
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert!(got == expect, "payload differs");
+        s.write_all(b"done").await.unwrap();
+        s.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"done");
+    }
+}

@@ -1,1 +1,200 @@
-//! placeholder
+//! `tether-relay`: terminates device and service TLS connections and splices them into tunnels.
+//!
+//! A connection's life: [`listener`] accepts it under a connection cap and a pending-handshake cap;
+//! [`handshake`] reads the ClientHello (SNI names the device), terminates TLS and, by ALPN, hands
+//! it to [`device`] (an agent's long-lived HTTP/2 session) or [`service`] (one tunnelled TCP
+//! connection: CONNECT + token, then a spliced HTTP/2 stream to the agent). [`registry`] holds
+//! live sessions, [`admin`] serves metrics and health, and [`Relay::run`] drains on shutdown.
+//!
+//! Standalone mode is this crate with every device local. The fleet (Kubernetes membership, SNI
+//! forwarding, revocation watch) plugs in at the routing point in [`handshake`] and through
+//! [`RelayHandle::revoke`].
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod args;
+pub mod config;
+pub mod device;
+pub mod handshake;
+pub mod listener;
+pub mod metrics;
+pub mod registry;
+pub mod rewind;
+pub mod service;
+pub mod splice;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+pub use config::{Limits, RelayConfig, TlsFiles};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{metrics::Metrics, registry::Registry};
+
+/// Errors of starting a relay.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A port could not be bound.
+    #[error("cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// Which port.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("metrics registration failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    pub config: RelayConfig,
+    pub acceptor: TlsAcceptor,
+    pub registry: Arc<Registry>,
+    pub metrics: Metrics,
+    /// Held by each connection in its handshake phase.
+    pub pending: Arc<Semaphore>,
+    /// Held by each connection for its whole life.
+    pub connections: Arc<Semaphore>,
+    /// Cancelled when the drain deadline passes: ends every remaining connection.
+    pub hard_stop: CancellationToken,
+    /// Source of device session ids.
+    pub next_session_id: AtomicU64,
+}
+
+/// Seconds since the Unix epoch (token times are in these units).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A bound, not yet running relay.
+pub struct Relay {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    admin: TcpListener,
+    registry: prometheus::Registry,
+    ready: Arc<AtomicBool>,
+}
+
+/// Control of a running relay from outside its tasks (tests, the demo, the fleet's watchers).
+#[derive(Clone)]
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+}
+
+impl RelayHandle {
+    /// Revokes a stream: refuses its new connections until `until` and closes its live ones.
+    pub fn revoke(&self, stream_uid: &str, until: u64) {
+        self.shared.registry.revoke(stream_uid, until, unix_now());
+    }
+
+    /// Number of devices with a live session.
+    pub fn connected_devices(&self) -> usize {
+        self.shared.registry.device_count()
+    }
+
+    /// Whether `device` has a live session.
+    pub fn is_connected(&self, device: &tether_proto::name::DeviceKey) -> bool {
+        self.shared.registry.get(device).is_some()
+    }
+}
+
+impl Relay {
+    /// Binds the data and admin ports.
+    ///
+    /// # Errors
+    /// When a port cannot be bound or metrics cannot be registered.
+    pub async fn bind(config: RelayConfig) -> Result<Self, Error> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind { what: "data port", addr: config.listen, source })?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| Error::Bind { what: "admin port", addr: config.admin_listen, source })?;
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::register(&registry)?;
+        let shared = Arc::new(Shared {
+            acceptor: TlsAcceptor::from(config.tls.clone()),
+            registry: Arc::new(Registry::default()),
+            metrics,
+            pending: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            hard_stop: CancellationToken::new(),
+            next_session_id: AtomicU64::new(1),
+            config,
+        });
+        Ok(Self { shared, listener, admin, registry, ready: Arc::new(AtomicBool::new(false)) })
+    }
+
+    /// The bound data address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.shared.config.listen)
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or(self.shared.config.admin_listen)
+    }
+
+    /// A handle for revocations and state queries.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle { shared: self.shared.clone() }
+    }
+
+    /// The metrics registry (for embedding processes that serve their own metrics).
+    pub fn metrics_registry(&self) -> prometheus::Registry {
+        self.registry.clone()
+    }
+
+    /// Serves until `shutdown` fires, then drains: `/ready` turns 503, connections are still
+    /// accepted for `drain_grace`, then devices get GOAWAY (their sessions close once their streams
+    /// finish) and the relay waits up to `drain_deadline` before closing what is left.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self { shared, listener, admin, registry, ready } = self;
+        let admin_stop = CancellationToken::new();
+        let admin_task = tokio::spawn(admin::serve(admin, registry, ready.clone(), admin_stop.clone()));
+        let tracker = TaskTracker::new();
+        let stop_accepting = CancellationToken::new();
+        let accept_task =
+            tokio::spawn(listener::accept_loop(listener, shared.clone(), tracker.clone(), stop_accepting.clone()));
+        ready.store(true, Ordering::Relaxed);
+        tracing::info!(relay_domain = %shared.config.relay_domain, "relay ready");
+
+        shutdown.cancelled().await;
+        ready.store(false, Ordering::Relaxed);
+        let limits = &shared.config.limits;
+        tracing::info!(grace = ?limits.drain_grace, deadline = ?limits.drain_deadline, "draining: not ready");
+        tokio::time::sleep(limits.drain_grace).await;
+        stop_accepting.cancel();
+        let _ = accept_task.await;
+        let sessions = shared.registry.drain_all();
+        shared.metrics.connected_devices.set(0);
+        tracing::info!(devices = sessions.len(), "sent GOAWAY to devices; waiting for streams to finish");
+        drop(sessions);
+        tracker.close();
+        if tokio::time::timeout(limits.drain_deadline, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                streams = shared.metrics.active_streams.get(),
+                "drain deadline passed; closing remaining connections"
+            );
+            shared.hard_stop.cancel();
+            tracker.wait().await;
+        }
+        admin_stop.cancel();
+        let _ = admin_task.await;
+        tracing::info!("relay stopped");
+    }
+}

@@ -1,0 +1,121 @@
+//! Command-line flags of `tether-relay`; every flag can also come from a `TETHER_RELAY_*` variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+use crate::{
+    Limits,
+    config::{ConfigError, RelayConfig, TlsFiles},
+};
+
+/// Tether relay: splices device agents and service clients into tunnels.
+#[derive(Debug, Parser)]
+#[command(name = "tether-relay", version, about)]
+pub struct Args {
+    /// Data port for devices and services (TLS).
+    #[arg(long, env = "TETHER_RELAY_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Admin port: /metrics, /ready, /live (plain HTTP; keep it off the public network).
+    #[arg(long, env = "TETHER_RELAY_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// DNS suffix of SNI names (`<device>.<namespace>.<relay-domain>`) and audience of stream tokens.
+    #[arg(long, env = "TETHER_RELAY_DOMAIN", default_value = "tether.local")]
+    pub relay_domain: String,
+    /// SPIFFE trust domain of device certificates.
+    #[arg(long, env = "TETHER_TRUST_DOMAIN", default_value = "tether.local")]
+    pub trust_domain: String,
+    /// Serving certificate chain (PEM).
+    #[arg(long, env = "TETHER_RELAY_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// Serving private key (PEM).
+    #[arg(long, env = "TETHER_RELAY_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// CA bundle that issues device client certificates (PEM).
+    #[arg(long, env = "TETHER_RELAY_CLIENT_CA")]
+    pub client_ca: PathBuf,
+    /// Ed25519 public key that verifies stream tokens (SPKI PEM).
+    #[arg(long, env = "TETHER_RELAY_TOKEN_PUBLIC_KEY")]
+    pub token_public_key: PathBuf,
+    /// Deadline for a connection's TLS handshake plus its preface or request head.
+    #[arg(long, env = "TETHER_RELAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Connections allowed in their handshake at once.
+    #[arg(long, env = "TETHER_RELAY_MAX_PENDING_HANDSHAKES", default_value_t = 1024)]
+    pub max_pending_handshakes: usize,
+    /// Connections allowed at once in total.
+    #[arg(long, env = "TETHER_RELAY_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// How long a service waits for its device to connect.
+    #[arg(long, env = "TETHER_RELAY_DEVICE_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub device_connect_timeout: Duration,
+    /// Concurrent streams per device.
+    #[arg(long, env = "TETHER_RELAY_MAX_STREAMS_PER_DEVICE", default_value_t = 256)]
+    pub max_streams_per_device: u32,
+    /// Concurrent connections per stream when its token does not say.
+    #[arg(long, env = "TETHER_RELAY_MAX_CONNECTIONS_PER_STREAM", default_value_t = 16)]
+    pub max_connections_per_stream: u32,
+    /// PING interval on device connections.
+    #[arg(long, env = "TETHER_RELAY_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+    /// After SIGTERM, how long to keep accepting while /ready reports 503.
+    #[arg(long, env = "TETHER_RELAY_DRAIN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_grace: Duration,
+    /// After the grace period, how long streams may take to finish.
+    #[arg(long, env = "TETHER_RELAY_DRAIN_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_deadline: Duration,
+}
+
+impl Args {
+    /// Builds the runtime configuration, loading and checking every file.
+    ///
+    /// # Errors
+    /// A missing, empty, unreadable or invalid file or setting.
+    pub fn into_config(self) -> Result<RelayConfig, ConfigError> {
+        let Self {
+            listen,
+            admin_listen,
+            relay_domain,
+            trust_domain,
+            tls_cert,
+            tls_key,
+            client_ca,
+            token_public_key,
+            handshake_timeout,
+            max_pending_handshakes,
+            max_connections,
+            device_connect_timeout,
+            max_streams_per_device,
+            max_connections_per_stream,
+            keepalive_interval,
+            drain_grace,
+            drain_deadline,
+        } = self;
+        let limits = Limits {
+            handshake_timeout,
+            max_pending_handshakes,
+            max_connections,
+            device_connect_timeout,
+            max_streams_per_device,
+            default_max_connections_per_stream: max_connections_per_stream,
+            keepalive_interval,
+            drain_grace,
+            drain_deadline,
+            ..Limits::default()
+        };
+        let files =
+            TlsFiles { cert: &tls_cert, key: &tls_key, client_ca: &client_ca, token_public_key: &token_public_key };
+        RelayConfig::load(listen, admin_listen, &relay_domain, &trust_domain, files, limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Args::command().debug_assert();
+    }
+}

@@ -1,0 +1,168 @@
+//! Device connections: identity from the verified client certificate, the preface exchange, then a
+//! long-lived HTTP/2 session (relay = client) kept alive by PING and registered by device key.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use bytes::BytesMut;
+use tether_net::{h2io, tls::uri_sans};
+use tether_proto::{
+    name::DeviceKey,
+    preface::{Decoded, Preface, PrefaceReply},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::Semaphore,
+    time::timeout_at,
+};
+use tracing::Instrument;
+
+use crate::{
+    Shared,
+    handshake::{Accepted, Failure, Tls, report},
+    metrics::Side,
+    registry::DeviceSession,
+};
+
+const RELAY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Serves one device connection until it closes, is replaced, or the relay stops.
+pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
+    let Accepted { mut tls, sni_device, deadline, pending } = accepted;
+    let admitted = timeout_at(deadline, admit(&shared, &mut tls, sni_device)).await;
+    let (device, preface) = match admitted {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(f)) => {
+            // Tell the agent why, best effort, then close.
+            let mut reply = BytesMut::new();
+            PrefaceReply { accepted: false, message: f.detail.clone(), relay_version: RELAY_VERSION.into() }
+                .encode(&mut reply);
+            let _ = timeout_at(deadline, async {
+                let _ = tls.write_all(&reply).await;
+                let _ = tls.shutdown().await;
+            })
+            .await;
+            return report(&shared, f);
+        }
+        Err(_) => return report(&shared, Failure::new(Side::Device, "handshake_timeout", "device preface")),
+    };
+    let limits = &shared.config.limits;
+    let handshake = timeout_at(deadline, h2io::client_builder(limits.max_streams_per_device).handshake(tls)).await;
+    let (send_request, mut conn) = match handshake {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => return report(&shared, Failure::new(Side::Device, "http2", e)),
+        Err(_) => return report(&shared, Failure::new(Side::Device, "handshake_timeout", "HTTP/2 handshake")),
+    };
+    drop(pending);
+    let Some(ping_pong) = conn.ping_pong() else {
+        return report(&shared, Failure::new(Side::Internal, "internal", "h2 ping handle taken"));
+    };
+    let id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
+    let closed = shared.hard_stop.child_token();
+    let session = Arc::new(DeviceSession {
+        id,
+        send_request,
+        streams: Arc::new(Semaphore::new(limits.max_streams_per_device as usize)),
+        closed: closed.clone(),
+        agent_version: preface.agent_version.clone(),
+    });
+    let span = tracing::info_span!("device", device = %device, session = id);
+    async {
+        if shared.registry.insert(device.clone(), session).is_some() {
+            shared.metrics.sessions_replaced.inc();
+            tracing::info!("device reconnected; replaced its previous session");
+        }
+        shared.metrics.connected_devices.set(shared.registry.device_count() as i64);
+        tracing::info!(agent_version = %preface.agent_version, "device connected");
+        let keepalive = keepalive(ping_pong, limits.keepalive_interval, limits.keepalive_timeout);
+        let why = tokio::select! {
+            res = &mut conn => match res {
+                Ok(()) => "connection closed".to_owned(),
+                Err(e) => format!("connection error: {e}"),
+            },
+            dead = keepalive => dead,
+            _ = closed.cancelled() => "session replaced or relay stopping".to_owned(),
+        };
+        shared.registry.remove(&device, id);
+        shared.metrics.connected_devices.set(shared.registry.device_count() as i64);
+        tracing::info!(reason = %why, "device disconnected");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Reads the preface and checks the certificate identity against the SNI.
+async fn admit(
+    shared: &Shared,
+    tls: &mut Tls,
+    sni_device: Result<DeviceKey, tether_proto::name::NameError>,
+) -> Result<(DeviceKey, Preface), Failure> {
+    let preface = read_preface(tls).await?;
+    let sni_device = sni_device.map_err(|e| Failure::new(Side::Device, "bad_sni", e))?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| Failure::new(Side::Device, "no_client_certificate", "a device must present its client certificate"))?;
+    let trust_domain = &shared.config.trust_domain;
+    let identities: Vec<DeviceKey> =
+        uri_sans(leaf).iter().filter_map(|uri| DeviceKey::from_spiffe_id(uri, trust_domain).ok()).collect();
+    match identities.as_slice() {
+        [identity] if *identity == sni_device => {}
+        [identity] => {
+            return Err(Failure::new(
+                Side::Device,
+                "identity_mismatch",
+                format!("certificate identity {identity} does not match the device named by SNI, {sni_device}"),
+            ));
+        }
+        _ => {
+            return Err(Failure::new(
+                Side::Device,
+                "bad_identity",
+                format!("certificate must carry exactly one device identity spiffe://{trust_domain}/ns/<ns>/device/<name>"),
+            ));
+        }
+    }
+    let mut reply = BytesMut::new();
+    PrefaceReply { accepted: true, message: String::new(), relay_version: RELAY_VERSION.into() }.encode(&mut reply);
+    tls.write_all(&reply).await.map_err(|e| Failure::new(Side::Device, "io", e))?;
+    tls.flush().await.map_err(|e| Failure::new(Side::Device, "io", e))?;
+    Ok((sni_device, preface))
+}
+
+/// Reads exactly the preface: the HTTP/2 bytes that follow must stay in the stream for h2.
+async fn read_preface(tls: &mut Tls) -> Result<Preface, Failure> {
+    let io = |e: std::io::Error| Failure::new(Side::Device, "io", e);
+    let mut buf = BytesMut::zeroed(tether_proto::preface::HEADER_LEN);
+    tls.read_exact(&mut buf).await.map_err(io)?;
+    let body_len = u16::from_be_bytes([buf[9], buf[10]]) as usize;
+    // Validate magic, version and length before reading the body.
+    if let Err(e) = Preface::decode(&mut buf.clone()) {
+        return Err(Failure::new(Side::Device, "bad_preface", e));
+    }
+    let mut body = vec![0u8; body_len];
+    tls.read_exact(&mut body).await.map_err(io)?;
+    buf.extend_from_slice(&body);
+    match Preface::decode(&mut buf) {
+        Ok(Decoded::Complete(p)) => Ok(p),
+        Ok(Decoded::Incomplete) => Err(Failure::new(Side::Device, "bad_preface", "incomplete preface")),
+        Err(e) => Err(Failure::new(Side::Device, "bad_preface", e)),
+    }
+}
+
+/// Pings every `interval`; returns why the peer is considered dead.
+async fn keepalive(mut ping_pong: h2::PingPong, interval: Duration, timeout: Duration) -> String {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        ticker.tick().await;
+        match tokio::time::timeout(timeout, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(e)) => return format!("keepalive failed: {e}"),
+            Err(_) => return format!("keepalive: no PING answer within {timeout:?}"),
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The first phase of every connection: read the ClientHello, decide where it goes, terminate TLS,
+//! and hand it to the device or service path by ALPN — all under one deadline.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use prometheus::IntGauge;
+use tether_proto::{
+    ALPN_DEVICE,
+    client_hello::{self, Peeked},
+    name::{DeviceKey, NameError},
+};
+use tokio::{
+    io::AsyncReadExt,
+    net::TcpStream,
+    sync::OwnedSemaphorePermit,
+    time::{Instant, timeout_at},
+};
+use tokio_rustls::server::TlsStream;
+
+use crate::{Shared, device, metrics::Side, rewind::Rewind, service};
+
+/// The TLS stream type of an accepted connection.
+pub(crate) type Tls = TlsStream<Rewind<TcpStream>>;
+
+/// Why a connection failed before it became a session or a stream.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub side: Side,
+    /// Low-cardinality metric label.
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(side: Side, reason: &'static str, detail: impl ToString) -> Self {
+        Self { side, reason, detail: detail.to_string() }
+    }
+}
+
+/// Holds a pending-handshake slot; released when the handshake phase ends.
+pub(crate) struct Pending {
+    _permit: OwnedSemaphorePermit,
+    gauge: IntGauge,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// A connection after TLS, before its device or service handshake.
+pub(crate) struct Accepted {
+    pub tls: Tls,
+    /// The device named by SNI, or why the SNI is unusable (reported to the peer after TLS, so it
+    /// gets a readable error instead of a dropped handshake).
+    pub sni_device: Result<DeviceKey, NameError>,
+    /// When the handshake phase must be over.
+    pub deadline: Instant,
+    pub pending: Pending,
+}
+
+/// Runs a connection from its first byte to its end.
+pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, permit: OwnedSemaphorePermit) {
+    shared.metrics.pending_handshakes.inc();
+    let pending = Pending { _permit: permit, gauge: shared.metrics.pending_handshakes.clone() };
+    let deadline = Instant::now() + shared.config.limits.handshake_timeout;
+    let (tls, sni_device) = match timeout_at(deadline, accept_tls(&shared, tcp)).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(f)) => return report(&shared, f),
+        Err(_) => return report(&shared, Failure::new(Side::Unknown, "handshake_timeout", "TLS handshake")),
+    };
+    let is_device = tls.get_ref().1.alpn_protocol() == Some(ALPN_DEVICE);
+    let accepted = Accepted { tls, sni_device, deadline, pending };
+    if is_device {
+        device::serve(shared, accepted).await;
+    } else {
+        service::serve(shared, accepted).await;
+    }
+}
+
+/// Logs and counts a failure.
+pub(crate) fn report(shared: &Shared, f: Failure) {
+    shared.metrics.handshake_failed(f.side, f.reason);
+    tracing::info!(side = f.side.label(), reason = f.reason, detail = %f.detail, "connection refused");
+}
+
+async fn accept_tls(shared: &Shared, mut tcp: TcpStream) -> Result<(Tls, Result<DeviceKey, NameError>), Failure> {
+    let mut buf = BytesMut::with_capacity(2048);
+    let hello = loop {
+        match client_hello::parse(&buf) {
+            Ok(Peeked::Complete(hello)) => break hello,
+            Ok(Peeked::Incomplete) => {}
+            Err(e) => return Err(Failure::new(Side::Unknown, "bad_client_hello", e)),
+        }
+        match tcp.read_buf(&mut buf).await {
+            Ok(0) => return Err(Failure::new(Side::Unknown, "closed_early", "peer closed before ClientHello")),
+            Ok(_) => {}
+            Err(e) => return Err(Failure::new(Side::Unknown, "io", e)),
+        }
+    };
+    let side = if hello.alpn.iter().any(|p| p == ALPN_DEVICE) { Side::Device } else { Side::Service };
+    let sni_device = match hello.server_name.as_deref() {
+        Some(sni) => DeviceKey::from_server_name(sni, &shared.config.relay_domain),
+        None => Err(NameError::NotUnderRelayDomain {
+            server_name: String::new(),
+            relay_domain: shared.config.relay_domain.clone(),
+        }),
+    };
+    // Routing point: in standalone mode every device is local. A fleet relay asks its membership
+    // here and forwards the raw bytes (`buf` + `tcp`) to the owning member instead.
+    let tls = shared
+        .acceptor
+        .accept(Rewind::new(buf.freeze(), tcp))
+        .await
+        .map_err(|e| Failure::new(side, "tls", e))?;
+    Ok((tls, sni_device))
+}

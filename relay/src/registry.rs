@@ -1,0 +1,198 @@
+//! Who is connected: live device sessions, live connections per stream, and revoked streams.
+//!
+//! A reconnecting device atomically replaces its previous session: the new session is visible to
+//! services the moment it is inserted, and the old one is cancelled in the same critical section,
+//! which ends its streams (the #1 complaint about comparable systems is stale sessions).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tether_proto::name::DeviceKey;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// One live device connection, as seen by services.
+#[derive(Debug)]
+pub struct DeviceSession {
+    /// Unique per connection, so a late cleanup of a replaced session cannot remove its successor.
+    pub id: u64,
+    /// Opens streams towards the agent. Dropping every clone lets h2 send GOAWAY once the
+    /// connection's streams finish: that is how a session drains.
+    pub send_request: h2::client::SendRequest<Bytes>,
+    /// Bounds concurrent streams on this device.
+    pub streams: Arc<Semaphore>,
+    /// Cancelled when the session is replaced or the relay stops: ends the connection at once.
+    pub closed: CancellationToken,
+    /// The agent's self-reported version.
+    pub agent_version: String,
+}
+
+/// Why a connection to a stream was refused by the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRefusal {
+    /// The stream was revoked (its DeviceStream deleted).
+    Revoked,
+    /// The stream already has its maximum of concurrent connections.
+    TooManyConnections,
+}
+
+#[derive(Default)]
+struct Inner {
+    devices: HashMap<DeviceKey, Arc<DeviceSession>>,
+    streams: HashMap<String, StreamEntry>,
+    /// Revoked stream UIDs and until when (Unix seconds: the token's expiry) to remember them.
+    revoked: HashMap<String, u64>,
+}
+
+struct StreamEntry {
+    connections: u32,
+    cancel: CancellationToken,
+}
+
+/// The relay's table of sessions and streams.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    /// Wakes services waiting for a device to connect.
+    device_arrived: Notify,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the maps inconsistent (every critical
+        // section is a single map operation), so poisoning is safe to ignore.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `session` for `device`, returning the session it replaced (already cancelled).
+    pub fn insert(&self, device: DeviceKey, session: Arc<DeviceSession>) -> Option<Arc<DeviceSession>> {
+        let old = self.lock().devices.insert(device, session);
+        if let Some(old) = &old {
+            old.closed.cancel();
+        }
+        self.device_arrived.notify_waiters();
+        old
+    }
+
+    /// Removes `device`'s session if it is still the one with `id`.
+    pub fn remove(&self, device: &DeviceKey, id: u64) {
+        let mut inner = self.lock();
+        if inner.devices.get(device).is_some_and(|s| s.id == id) {
+            inner.devices.remove(device);
+        }
+    }
+
+    /// The live session of `device`, if any.
+    pub fn get(&self, device: &DeviceKey) -> Option<Arc<DeviceSession>> {
+        self.lock().devices.get(device).cloned()
+    }
+
+    /// Waits up to `timeout` for `device` to have a session.
+    pub async fn wait_for(&self, device: &DeviceKey, timeout: Duration) -> Option<Arc<DeviceSession>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let arrived = self.device_arrived.notified();
+            tokio::pin!(arrived);
+            // Register interest before checking, so an insert between check and wait is not missed.
+            arrived.as_mut().enable();
+            if let Some(s) = self.get(device) {
+                return Some(s);
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Number of devices with a session.
+    pub fn device_count(&self) -> usize {
+        self.lock().devices.len()
+    }
+
+    /// Removes every session (drain): their connections finish their streams, then close.
+    pub fn drain_all(&self) -> Vec<Arc<DeviceSession>> {
+        self.lock().devices.drain().map(|(_, s)| s).collect()
+    }
+
+    /// Admits one more connection of stream `uid`, allowing at most `limit` at once.
+    ///
+    /// # Errors
+    /// When the stream is revoked or at its limit.
+    pub fn open_connection(self: &Arc<Self>, uid: &str, limit: u32) -> Result<ConnectionGuard, StreamRefusal> {
+        let mut inner = self.lock();
+        if inner.revoked.contains_key(uid) {
+            return Err(StreamRefusal::Revoked);
+        }
+        let entry = inner
+            .streams
+            .entry(uid.to_owned())
+            .or_insert_with(|| StreamEntry { connections: 0, cancel: CancellationToken::new() });
+        if entry.connections >= limit {
+            return Err(StreamRefusal::TooManyConnections);
+        }
+        entry.connections += 1;
+        Ok(ConnectionGuard { registry: self.clone(), uid: uid.to_owned(), cancel: entry.cancel.clone() })
+    }
+
+    /// Revokes stream `uid`: refuses new connections until `until` (Unix seconds) and closes the
+    /// live ones now.
+    pub fn revoke(&self, uid: &str, until: u64, now: u64) {
+        let mut inner = self.lock();
+        inner.revoked.retain(|_, until| *until > now);
+        inner.revoked.insert(uid.to_owned(), until);
+        if let Some(entry) = inner.streams.get(uid) {
+            entry.cancel.cancel();
+        }
+    }
+}
+
+/// One admitted connection of a stream; dropping it frees the slot.
+pub struct ConnectionGuard {
+    registry: Arc<Registry>,
+    uid: String,
+    cancel: CancellationToken,
+}
+
+impl ConnectionGuard {
+    /// Fires when the stream is revoked.
+    pub fn revoked(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut inner = self.registry.lock();
+        if let Some(entry) = inner.streams.get_mut(&self.uid) {
+            entry.connections -= 1;
+            if entry.connections == 0 {
+                inner.streams.remove(&self.uid);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_connection_limits_and_revocation() {
+        let r = Arc::new(Registry::default());
+        let a = r.open_connection("s1", 2).unwrap();
+        let _b = r.open_connection("s1", 2).unwrap();
+        assert_eq!(r.open_connection("s1", 2).err(), Some(StreamRefusal::TooManyConnections));
+        drop(a);
+        let c = r.open_connection("s1", 2).unwrap();
+        r.revoke("s1", 100, 10);
+        assert!(c.revoked().is_cancelled());
+        assert_eq!(r.open_connection("s1", 2).err(), Some(StreamRefusal::Revoked));
+        // Expired revocations are forgotten on the next revoke.
+        r.revoke("s2", 200, 150);
+        assert!(r.open_connection("s1", 5).is_ok());
+    }
+}

@@ -1,0 +1,250 @@
+//! Service connections: one CONNECT request with a stream token, then one HTTP/2 stream to the
+//! device, spliced byte for byte.
+
+use std::{sync::Arc, time::Instant as StdInstant};
+
+use bytes::{Bytes, BytesMut};
+use http::Request;
+use tether_net::h2io::H2Stream;
+use tether_proto::{
+    HEADER_ERROR, HEADER_STREAM_UID, HEADER_TARGET_PORT, HEADER_TRACEPARENT,
+    head::{self, ConnectRequest, HeadError, Parsed},
+    name::DeviceKey,
+    token::StreamClaims,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    time::timeout_at,
+};
+use tracing::Instrument;
+
+use crate::{
+    Shared,
+    handshake::{Accepted, Failure, Tls, report},
+    metrics::Side,
+    registry::StreamRefusal,
+    splice::{Metered, splice},
+    unix_now,
+};
+
+/// A refusal sent to the service as an HTTP answer.
+struct Refusal {
+    status: u16,
+    /// Metric label and `Tether-Error` value.
+    reason: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, reason: &'static str, message: impl ToString) -> Self {
+        Self { status, reason, message: message.to_string() }
+    }
+}
+
+/// Serves one service connection: request, authorization, stream setup, splice.
+pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
+    let Accepted { mut tls, sni_device, deadline, pending } = accepted;
+    let (request, leftover) = match timeout_at(deadline, read_request(&mut tls)).await {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(ReadError::Head(e))) => {
+            let reason = match e {
+                HeadError::TooLarge => "head_too_large",
+                HeadError::MissingToken => "missing_token",
+                HeadError::MethodNotAllowed(_) => "method_not_allowed",
+                HeadError::Malformed(_) | HeadError::BadTarget(_) => "bad_request",
+            };
+            return refuse(&shared, tls, Refusal::new(e.status(), reason, e)).await;
+        }
+        Ok(Err(ReadError::Io(f))) => return report(&shared, f),
+        Err(_) => return report(&shared, Failure::new(Side::Service, "handshake_timeout", "request head")),
+    };
+    drop(pending);
+    let started = StdInstant::now();
+    let span = tracing::info_span!("stream", device = %request.device, port = request.port, uid = tracing::field::Empty);
+    async move {
+        let claims = match authorize(&shared, &sni_device, &request) {
+            Ok(claims) => claims,
+            Err(r) => return refuse(&shared, tls, r).await,
+        };
+        tracing::Span::current().record("uid", claims.stream_uid.as_str());
+        let limit = claims.max_connections.unwrap_or(shared.config.limits.default_max_connections_per_stream);
+        let guard = match shared.registry.open_connection(&claims.stream_uid, limit) {
+            Ok(g) => g,
+            Err(StreamRefusal::Revoked) => {
+                return refuse(&shared, tls, Refusal::new(403, "stream_revoked", "the stream has been revoked")).await;
+            }
+            Err(StreamRefusal::TooManyConnections) => {
+                let msg = format!("the stream already has its maximum of {limit} concurrent connections");
+                return refuse(&shared, tls, Refusal::new(429, "stream_connection_limit", msg)).await;
+            }
+        };
+        let device_stream = match open_stream(&shared, &request, &claims).await {
+            Ok(s) => s,
+            Err(r) => return refuse(&shared, tls, r).await,
+        };
+        let (mut h2, _permit) = device_stream;
+        if let Err(e) = tls.write_all(head::encode_established()).await {
+            return report(&shared, Failure::new(Side::Service, "io", e));
+        }
+        let _ = tls.flush().await;
+        let m = &shared.metrics;
+        m.stream_setups.with_label_values(&["ok"]).inc();
+        m.setup_seconds.observe(started.elapsed().as_secs_f64());
+        m.active_streams.inc();
+        tracing::info!(setup_us = started.elapsed().as_micros() as u64, "stream open");
+        // Bytes the client sent right behind its request head belong to the tunnel.
+        let result = async {
+            if !leftover.is_empty() {
+                m.bytes_to_device.inc_by(leftover.len() as u64);
+                h2.write_all(&leftover).await?;
+            }
+            let mut service = Metered::new(tls, m.bytes_to_device.clone());
+            let mut device = Metered::new(h2, m.bytes_to_service.clone());
+            tokio::select! {
+                res = splice(&mut service, &mut device) => res.map(Some),
+                _ = guard.revoked().cancelled() => Ok(None),
+                _ = shared.hard_stop.cancelled() => Ok(None),
+            }
+        }
+        .await;
+        m.active_streams.dec();
+        match result {
+            Ok(Some((up, down))) => tracing::info!(to_device = up, to_service = down, "stream closed"),
+            Ok(None) => tracing::info!("stream closed by revocation or relay shutdown"),
+            Err(e) => tracing::info!(error = %e, "stream ended with an error"),
+        }
+        drop(guard);
+    }
+    .instrument(span)
+    .await;
+}
+
+enum ReadError {
+    Head(HeadError),
+    Io(Failure),
+}
+
+/// Reads the request head; returns it and any bytes that followed it.
+async fn read_request(tls: &mut Tls) -> Result<(ConnectRequest, Bytes), ReadError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match head::parse_connect(&buf) {
+            Ok(Parsed::Complete(req, used)) => return Ok((req, buf.split_off(used).freeze())),
+            Ok(Parsed::Incomplete) => {}
+            Err(e) => return Err(ReadError::Head(e)),
+        }
+        // Never buffer more than the head limit (plus one read's slack).
+        let room = head::MAX_HEAD_LEN + 1 - buf.len().min(head::MAX_HEAD_LEN);
+        let mut chunk = vec![0u8; room.min(4096)];
+        match tls.read(&mut chunk).await {
+            Ok(0) => {
+                return Err(ReadError::Io(Failure::new(Side::Service, "closed_early", "closed before request head")));
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(ReadError::Io(Failure::new(Side::Service, "io", e))),
+        }
+    }
+}
+
+/// Verifies the token and that SNI, CONNECT target and token name the same device and port.
+fn authorize(
+    shared: &Shared,
+    sni_device: &Result<DeviceKey, tether_proto::name::NameError>,
+    request: &ConnectRequest,
+) -> Result<StreamClaims, Refusal> {
+    let sni_device = sni_device.as_ref().map_err(|e| Refusal::new(400, "bad_sni", e))?;
+    if *sni_device != request.device {
+        return Err(Refusal::new(
+            400,
+            "sni_mismatch",
+            format!("TLS server name names {sni_device} but CONNECT names {}", request.device),
+        ));
+    }
+    let config = &shared.config;
+    let claims = config
+        .token_verifier
+        .verify(&request.token, &config.relay_domain, unix_now(), config.limits.clock_skew.as_secs())
+        .map_err(|e| Refusal::new(if matches!(e, tether_proto::token::TokenError::TooLarge) { 401 } else { 403 }, e.reason(), e))?;
+    if claims.namespace != request.device.namespace() || claims.device != request.device.name() {
+        return Err(Refusal::new(
+            403,
+            "token_wrong_device",
+            format!("the token is for {}/{}, not {}", claims.namespace, claims.device, request.device),
+        ));
+    }
+    if claims.port != request.port {
+        return Err(Refusal::new(
+            403,
+            "token_wrong_port",
+            format!("the token is for port {}, not {}", claims.port, request.port),
+        ));
+    }
+    Ok(claims)
+}
+
+/// Waits for the device, takes a stream slot and opens an HTTP/2 stream to the agent.
+async fn open_stream(
+    shared: &Shared,
+    request: &ConnectRequest,
+    claims: &StreamClaims,
+) -> Result<(H2Stream, tokio::sync::OwnedSemaphorePermit), Refusal> {
+    let limits = &shared.config.limits;
+    let session = shared.registry.wait_for(&request.device, limits.device_connect_timeout).await.ok_or_else(|| {
+        Refusal::new(
+            503,
+            "device_not_connected",
+            format!("device {} did not connect within {:?}", request.device, limits.device_connect_timeout),
+        )
+    })?;
+    let permit = session.streams.clone().try_acquire_owned().map_err(|_| {
+        Refusal::new(429, "device_stream_limit", format!("device has its maximum of {} streams", limits.max_streams_per_device))
+    })?;
+    let mut req = Request::post("/")
+        .header(HEADER_TARGET_PORT, request.port)
+        .header(HEADER_STREAM_UID, &claims.stream_uid);
+    if let Some(tp) = request.traceparent.as_deref().filter(|tp| tp.len() <= 256) {
+        req = req.header(HEADER_TRACEPARENT, tp);
+    }
+    let req = req.body(()).map_err(|e| Refusal::new(400, "bad_request", e))?;
+    let deadline = tokio::time::Instant::now() + limits.stream_setup_timeout;
+    let gone = |e: h2::Error| Refusal::new(502, "device_session_lost", format!("device connection failed: {e}"));
+    let send_request = session.send_request.clone();
+    drop(session);
+    let opened = timeout_at(deadline, async {
+        let mut ready = send_request.ready().await.map_err(gone)?;
+        let (response, send) = ready.send_request(req, false).map_err(gone)?;
+        let response = response.await.map_err(gone)?;
+        Ok::<_, Refusal>((response, send))
+    })
+    .await
+    .map_err(|_| Refusal::new(504, "device_timeout", format!("device did not answer within {:?}", limits.stream_setup_timeout)))??;
+    let (response, send) = opened;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let agent_reason = response
+            .headers()
+            .get(HEADER_ERROR)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("refused")
+            .chars()
+            .take(64)
+            .collect::<String>();
+        return Err(match agent_reason.as_str() {
+            "port_not_allowed" => Refusal::new(403, "device_port_not_allowed", format!("the device does not allow port {}", request.port)),
+            "target_unreachable" => Refusal::new(502, "device_target_unreachable", format!("the device could not reach its local port {}", request.port)),
+            _ => Refusal::new(502, "device_refused", format!("the device refused the stream: HTTP {status} {agent_reason}")),
+        });
+    }
+    Ok((H2Stream::new(send, response.into_body()), permit))
+}
+
+/// Answers a refusal and closes.
+async fn refuse(shared: &Shared, mut tls: Tls, r: Refusal) {
+    shared.metrics.stream_setups.with_label_values(&[r.reason]).inc();
+    tracing::info!(status = r.status, reason = r.reason, detail = %r.message, "stream refused");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = tls.write_all(&head::encode_refusal(r.status, r.reason, &r.message)).await;
+        let _ = tls.shutdown().await;
+    })
+    .await;
+}

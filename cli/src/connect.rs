@@ -1,0 +1,193 @@
+//! The service side of a tunnel: open a stream through the relay, for `--stdio` (ssh
+//! `ProxyCommand`) or `--listen` (a local port forward, one stream per accepted connection).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::{Bytes, BytesMut};
+use rustls_pki_types::ServerName;
+use tether_net::dial::{Proxy, dial};
+use tether_proto::{
+    head::{self, Parsed},
+    name::DeviceKey,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::{TlsConnector, client::TlsStream};
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The relay could not be reached.
+    #[error("cannot reach relay {relay}: {source}")]
+    Dial {
+        /// Relay address.
+        relay: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS with the relay failed (wrong CA or relay name?).
+    #[error("TLS with relay {relay} failed (check --ca and --relay-name): {source}")]
+    Tls {
+        /// Relay address.
+        relay: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The relay refused the stream.
+    #[error("relay refused the stream: HTTP {status} {reason}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// `Tether-Error` reason.
+        reason: String,
+        /// The relay's explanation.
+        message: String,
+    },
+    /// The relay's answer was not HTTP.
+    #[error("relay sent a malformed answer: {0}")]
+    Protocol(String),
+    /// I/O after setup.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where and how to open streams.
+#[derive(Clone)]
+pub struct Target {
+    /// Relay host (name or IP) to dial.
+    pub relay_host: String,
+    /// Relay port.
+    pub relay_port: u16,
+    /// Relay domain: the SNI suffix.
+    pub relay_domain: String,
+    /// TLS configuration (trust bundle, relay name verification).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// The device.
+    pub device: DeviceKey,
+    /// Its port.
+    pub port: u16,
+    /// The stream token. Secret: never logged.
+    pub token: Arc<str>,
+    /// HTTP proxy to go through, if any.
+    pub proxy: Option<Proxy>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("relay", &format_args!("{}:{}", self.relay_host, self.relay_port))
+            .field("device", &self.device.to_string())
+            .field("port", &self.port)
+            .field("token", &"MASKED")
+            .finish()
+    }
+}
+
+/// An open stream: the TLS connection, and device bytes that arrived with the relay's answer.
+pub struct Stream {
+    /// The connection, carrying tunnel bytes.
+    pub tls: TlsStream<TcpStream>,
+    /// Bytes of the tunnel already read.
+    pub early: Bytes,
+}
+
+/// Opens one stream.
+///
+/// # Errors
+/// See [`ConnectError`].
+pub async fn open(target: &Target) -> Result<Stream, ConnectError> {
+    let relay = format!("{}:{}", target.relay_host, target.relay_port);
+    let tcp = dial(&target.relay_host, target.relay_port, target.proxy.as_ref())
+        .await
+        .map_err(|source| ConnectError::Dial { relay: relay.clone(), source })?;
+    let sni = ServerName::try_from(target.device.server_name(&target.relay_domain))
+        .map_err(|e| ConnectError::Protocol(format!("bad server name: {e}")))?;
+    let mut tls = TlsConnector::from(target.tls.clone())
+        .connect(sni, tcp)
+        .await
+        .map_err(|source| ConnectError::Tls { relay: relay.clone(), source })?;
+    tls.write_all(&head::encode_connect(&target.device, target.port, &target.token, None)).await?;
+    tls.flush().await?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match head::parse_response(&buf) {
+            Ok(Parsed::Complete(resp, used)) => {
+                let rest = buf.split_off(used);
+                if resp.status == 200 {
+                    return Ok(Stream { tls, early: rest.freeze() });
+                }
+                let message = String::from_utf8_lossy(&rest).trim().to_owned();
+                return Err(ConnectError::Refused {
+                    status: resp.status,
+                    reason: resp.reason.unwrap_or_default(),
+                    message,
+                });
+            }
+            Ok(Parsed::Incomplete) => {}
+            Err(e) => return Err(ConnectError::Protocol(e.to_string())),
+        }
+        if tls.read_buf(&mut buf).await? == 0 {
+            return Err(ConnectError::Protocol("relay closed the connection before answering".into()));
+        }
+    }
+}
+
+/// Splices an open stream with a local byte stream until both directions end.
+///
+/// # Errors
+/// I/O errors of either side.
+pub async fn splice_with<L>(stream: Stream, local: &mut L) -> std::io::Result<(u64, u64)>
+where
+    L: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let Stream { mut tls, early } = stream;
+    if !early.is_empty() {
+        local.write_all(&early).await?;
+        local.flush().await?;
+    }
+    tokio::io::copy_bidirectional_with_sizes(local, &mut tls, 64 * 1024, 64 * 1024).await
+}
+
+/// `--stdio`: one stream between stdin/stdout and the device (for ssh `ProxyCommand`).
+///
+/// # Errors
+/// Setup or I/O errors.
+pub async fn stdio(target: &Target) -> Result<(), ConnectError> {
+    let stream = open(target).await?;
+    let mut local = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    splice_with(stream, &mut local).await?;
+    Ok(())
+}
+
+/// `--listen`: every connection accepted on `listener` becomes one stream. Runs until `shutdown`.
+pub async fn listen(target: Target, listener: TcpListener, shutdown: tokio_util::sync::CancellationToken) {
+    let target = Arc::new(target);
+    loop {
+        let (mut local, peer): (TcpStream, SocketAddr) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = local.set_nodelay(true);
+        let target = target.clone();
+        tokio::spawn(async move {
+            match open(&target).await {
+                Ok(stream) => match splice_with(stream, &mut local).await {
+                    Ok((up, down)) => tracing::info!(%peer, to_device = up, from_device = down, "connection closed"),
+                    Err(e) => tracing::info!(%peer, error = %e, "connection ended with an error"),
+                },
+                Err(e) => tracing::warn!(%peer, error = %e, "could not open a stream"),
+            }
+        });
+    }
+}

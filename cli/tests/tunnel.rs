@@ -1,0 +1,459 @@
+//! In-process integration tests of the data plane: a real relay and real agents on 127.0.0.1 with
+//! real TLS, driven through the same `connect` code the `tether` binary uses.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use bytes::BytesMut;
+use sha2::{Digest, Sha256};
+use tether_cli::{
+    connect::{self, ConnectError},
+    testbed::{RELAY_DOMAIN, Testbed},
+};
+use tether_net::pki::Ca;
+use tether_proto::{
+    name::DeviceKey,
+    preface::{Decoded, Preface, PrefaceReply},
+    token::{StreamClaims, TokenSigner},
+};
+use tether_relay::Limits;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn device() -> DeviceKey {
+    DeviceKey::parse("plant-a/pump-7").unwrap()
+}
+
+/// An echo server; returns its address.
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+struct Setup {
+    bed: Testbed,
+    agent: tether_cli::testbed::RunningAgent,
+    echo: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// A relay and one connected agent serving port 7 (echo).
+async fn setup(limits: Limits) -> Setup {
+    tether_net::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let bed = Testbed::start(&dir.path().join("pki"), limits).await.unwrap();
+    let echo = echo_server().await;
+    let config = bed.agent_config(&device(), &BTreeMap::from([(7, echo)])).unwrap();
+    let mut agent = bed.spawn_agent(config).unwrap();
+    agent.connected(10 * SECOND).await.unwrap();
+    Setup { bed, agent, echo, _dir: dir }
+}
+
+impl Setup {
+    fn target(&self, port: u16) -> connect::Target {
+        let token = self.bed.token(&device(), port, Duration::from_secs(600)).unwrap();
+        self.bed.target(&device(), port, &token).unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        http_get(self.bed.admin_addr, "/metrics").await
+    }
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn refusal_reason(err: ConnectError) -> String {
+    match err {
+        ConnectError::Refused { reason, .. } => reason,
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_through_the_tunnel_and_metrics() {
+    let s = setup(Limits::default()).await;
+    let mut stream = connect::open(&s.target(7)).await.unwrap();
+    stream.tls.write_all(b"hello device").await.unwrap();
+    let mut got = stream.early.to_vec();
+    while got.len() < 12 {
+        let mut buf = [0u8; 64];
+        let n = stream.tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "tunnel closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"hello device");
+    drop(stream);
+    let metrics = s.metrics().await;
+    assert!(metrics.contains("tether_relay_connected_devices 1"), "{metrics}");
+    assert!(metrics.contains(r#"tether_relay_stream_setups_total{result="ok"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"tether_relay_bytes_total{direction="service_to_device"} 12"#), "{metrics}");
+    assert!(http_get(s.bed.admin_addr, "/ready").await.starts_with("HTTP/1.1 200"));
+    assert!(http_get(s.bed.admin_addr, "/live").await.starts_with("HTTP/1.1 200"));
+}
+
+/// Sends `bytes` one way and reads them back, comparing SHA-256 of both directions.
+async fn transfer(target: &connect::Target, bytes: u64) -> Duration {
+    let started = Instant::now();
+    let stream = connect::open(target).await.unwrap();
+    let early = stream.early.clone();
+    let (mut r, mut w) = tokio::io::split(stream.tls);
+    let writer = tokio::spawn(async move {
+        let mut hash = Sha256::new();
+        let mut block = vec![0u8; 256 * 1024];
+        let mut sent = 0u64;
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        while sent < bytes {
+            for b in block.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            let n = (bytes - sent).min(block.len() as u64) as usize;
+            w.write_all(&block[..n]).await.unwrap();
+            hash.update(&block[..n]);
+            sent += n as u64;
+        }
+        w.shutdown().await.unwrap();
+        hash.finalize()
+    });
+    let mut hash = Sha256::new();
+    hash.update(&early);
+    let mut got = early.len() as u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        got += n as u64;
+    }
+    assert_eq!(got, bytes, "byte count differs");
+    assert_eq!(writer.await.unwrap(), hash.finalize(), "SHA-256 differs");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transfer_each_way_keeps_every_byte() {
+    let s = setup(Limits::default()).await;
+    // 256 MiB each way (the echo sends every byte back), checked with SHA-256.
+    let took = transfer(&s.target(7), 256 * 1024 * 1024).await;
+    eprintln!("256 MiB each way in {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_concurrent_streams_over_one_device_connection() {
+    let s = setup(Limits::default()).await;
+    // One stream token allowing 100 concurrent connections (the relay default is 16).
+    let now = now();
+    let mut c = claims(7, now, now + 600);
+    c.max_connections = Some(100);
+    let target = s.bed.target(&device(), 7, &s.bed.signer.sign(&c)).unwrap();
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let t = target.clone();
+            tokio::spawn(async move { transfer(&t, 512 * 1024).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let metrics = s.metrics().await;
+    assert!(metrics.contains(r#"tether_relay_stream_setups_total{result="ok"} 100"#), "{metrics}");
+    assert!(metrics.contains("tether_relay_device_sessions_replaced_total 0"), "one device connection only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_lets_the_device_answer_after_client_eof() {
+    tether_net::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let bed = Testbed::start(dir.path(), Limits::default()).await.unwrap();
+    // A target that reads until EOF, then answers with what it counted.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        s.write_all(format!("got {} bytes", all.len()).as_bytes()).await.unwrap();
+    });
+    let mut agent = bed.spawn_agent(bed.agent_config(&device(), &BTreeMap::from([(9, addr)])).unwrap()).unwrap();
+    agent.connected(10 * SECOND).await.unwrap();
+    let token = bed.token(&device(), 9, Duration::from_secs(60)).unwrap();
+    let mut stream = connect::open(&bed.target(&device(), 9, &token).unwrap()).await.unwrap();
+    stream.tls.write_all(&[1u8; 100_000]).await.unwrap();
+    // TLS-level half-close: the client's write side ends, its read side stays open.
+    stream.tls.get_mut().1.send_close_notify();
+    stream.tls.flush().await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(10 * SECOND, stream.tls.read_to_string(&mut answer)).await.unwrap().unwrap();
+    assert_eq!(answer, "got 100000 bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_device_replaces_its_stale_session() {
+    let s = setup(Limits::default()).await;
+    // A long-lived stream on the first session.
+    let mut old_stream = connect::open(&s.target(7)).await.unwrap();
+    // The same device connects again (e.g. after a NAT rebinding left the old connection dangling).
+    let config = s.bed.agent_config(&device(), &BTreeMap::from([(7, s.echo)])).unwrap();
+    let mut second = s.bed.spawn_agent(config).unwrap();
+    second.connected(10 * SECOND).await.unwrap();
+    // The stale session's stream ends (EOF or reset) instead of hanging.
+    let mut buf = [0u8; 16];
+    let ended = tokio::time::timeout(10 * SECOND, old_stream.tls.read(&mut buf)).await;
+    assert!(matches!(ended, Ok(Ok(0)) | Ok(Err(_))), "old stream still open: {ended:?}");
+    // New streams use the new session.
+    let target = s.target(7);
+    let Setup { bed, agent, .. } = s;
+    agent.stop().await;
+    let took = transfer(&target, 1024).await;
+    assert!(took < 10 * SECOND);
+    let metrics = http_get(bed.admin_addr, "/metrics").await;
+    assert!(metrics.contains("tether_relay_device_sessions_replaced_total 1"), "{metrics}");
+    assert!(metrics.contains("tether_relay_connected_devices 1"), "{metrics}");
+    second.stop().await;
+}
+
+fn claims(port: u16, not_before: u64, expires_at: u64) -> StreamClaims {
+    StreamClaims {
+        stream_uid: "test-stream".into(),
+        namespace: device().namespace().into(),
+        device: device().name().into(),
+        port,
+        audience: RELAY_DOMAIN.into(),
+        issued_at: not_before,
+        not_before,
+        expires_at,
+        max_connections: None,
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_with_their_reason() {
+    let s = setup(Limits::default()).await;
+    let now = now();
+    let forger = TokenSigner::generate();
+    let mut other_device = claims(7, now, now + 600);
+    other_device.device = "pump-8".into();
+    let mut wrong_audience = claims(7, now, now + 600);
+    wrong_audience.audience = "elsewhere.example".into();
+    let cases = [
+        (s.bed.signer.sign(&claims(7, now - 7200, now - 3600)), 7, "token_expired"),
+        (s.bed.signer.sign(&claims(7, now + 3600, now + 7200)), 7, "token_not_yet_valid"),
+        (forger.sign(&claims(7, now, now + 600)), 7, "token_signature"),
+        (s.bed.signer.sign(&other_device), 7, "token_wrong_device"),
+        (s.bed.signer.sign(&claims(22, now, now + 600)), 7, "token_wrong_port"),
+        (s.bed.signer.sign(&wrong_audience), 7, "token_audience"),
+        ("not-a-token".to_owned(), 7, "token_malformed"),
+    ];
+    for (token, port, reason) in cases {
+        let err = connect::open(&s.bed.target(&device(), port, &token).unwrap()).await.err().unwrap();
+        assert_eq!(refusal_reason(err), reason);
+    }
+    // The relay is unharmed: a good token still works.
+    transfer(&s.target(7), 1024).await;
+    let metrics = s.metrics().await;
+    assert!(metrics.contains(r#"tether_relay_stream_setups_total{result="token_expired"} 1"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_stream_connection_limit_and_revocation() {
+    let s = setup(Limits::default()).await;
+    let now = now();
+    let mut c = claims(7, now, now + 600);
+    c.max_connections = Some(1);
+    let token = s.bed.signer.sign(&c);
+    let target = s.bed.target(&device(), 7, &token).unwrap();
+    let mut first = connect::open(&target).await.unwrap();
+    let err = connect::open(&target).await.err().unwrap();
+    assert_eq!(refusal_reason(err), "stream_connection_limit");
+    // Revoking the stream closes its live connection and refuses new ones.
+    s.bed.relay.revoke("test-stream", now + 600);
+    let mut buf = [0u8; 8];
+    let ended = tokio::time::timeout(10 * SECOND, first.tls.read(&mut buf)).await;
+    assert!(matches!(ended, Ok(Ok(0)) | Ok(Err(_))), "revoked stream still open: {ended:?}");
+    let err = connect::open(&target).await.err().unwrap();
+    assert_eq!(refusal_reason(err), "stream_revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_outside_the_agents_allowlist_is_refused_by_the_device() {
+    let s = setup(Limits::default()).await;
+    let err = connect::open(&s.target(2222)).await.err().unwrap();
+    assert_eq!(refusal_reason(err), "device_port_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_device_times_out_with_a_clear_reason() {
+    tether_net::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { device_connect_timeout: Duration::from_millis(300), ..Limits::default() };
+    let bed = Testbed::start(dir.path(), limits).await.unwrap();
+    let token = bed.token(&device(), 7, Duration::from_secs(60)).unwrap();
+    let started = Instant::now();
+    let err = connect::open(&bed.target(&device(), 7, &token).unwrap()).await.err().unwrap();
+    assert_eq!(refusal_reason(err), "device_not_connected");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_waits_for_a_device_that_connects_late() {
+    tether_net::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let bed = Testbed::start(dir.path(), Limits::default()).await.unwrap();
+    let echo = echo_server().await;
+    let token = bed.token(&device(), 7, Duration::from_secs(60)).unwrap();
+    let target = bed.target(&device(), 7, &token).unwrap();
+    let client = tokio::spawn(async move { transfer(&target, 4096).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut agent = bed.spawn_agent(bed.agent_config(&device(), &BTreeMap::from([(7, echo)])).unwrap()).unwrap();
+    agent.connected(10 * SECOND).await.unwrap();
+    tokio::time::timeout(10 * SECOND, client).await.unwrap().unwrap();
+}
+
+/// Runs the device side of the protocol by hand with the given credentials; returns the relay's
+/// preface reply.
+async fn raw_device_handshake(relay: SocketAddr, ca_pem: &str, device_cert: &tether_net::pki::Issued, sni: &DeviceKey) -> PrefaceReply {
+    let cas = tether_net::tls::parse_certs("ca", "test", ca_pem.as_bytes()).unwrap();
+    let chain = tether_net::tls::parse_certs("cert", "test", device_cert.cert_pem.as_bytes()).unwrap();
+    let key = tether_net::tls::parse_key("key", "test", device_cert.key_pem.as_bytes()).unwrap();
+    let config = tether_net::tls::agent_client_config(&cas, chain, key, RELAY_DOMAIN).unwrap();
+    let tcp = TcpStream::connect(relay).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(sni.server_name(RELAY_DOMAIN)).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    let mut out = BytesMut::new();
+    Preface { agent_version: "test".into(), features: vec![] }.encode(&mut out);
+    tls.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        if let Decoded::Complete(reply) = PrefaceReply::decode(&mut buf).unwrap() {
+            return reply;
+        }
+        assert!(tls.read_buf(&mut buf).await.unwrap() > 0, "relay closed without a reply");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_identity_comes_only_from_a_certificate_of_our_ca() {
+    tether_net::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let bed = Testbed::start(dir.path(), Limits::default()).await.unwrap();
+    let day = Duration::from_secs(86_400);
+    // A certificate from another CA: the TLS handshake itself fails.
+    let (rogue, _) = Ca::generate("rogue", day).unwrap();
+    let rogue_cert = rogue.issue_device(&device(), "tether.local", day).unwrap();
+    let result = tokio::spawn({
+        let (addr, ca) = (bed.relay_addr, bed.ca_pem().to_owned());
+        async move { raw_device_handshake(addr, &ca, &rogue_cert, &device()).await }
+    })
+    .await;
+    assert!(result.is_err(), "a device certificate from another CA was accepted");
+    // Our CA, but the certificate names another device than the SNI: refused with a reason.
+    let ours = Ca::from_pem(bed.ca_pem(), &std::fs::read_to_string(dir.path().join("ca.key")).unwrap()).unwrap();
+    let cert = ours.issue_device(&DeviceKey::parse("plant-a/pump-8").unwrap(), "tether.local", day).unwrap();
+    let reply = raw_device_handshake(bed.relay_addr, bed.ca_pem(), &cert, &device()).await;
+    assert!(!reply.accepted);
+    assert!(reply.message.contains("does not match"), "{}", reply.message);
+    // The right certificate is accepted.
+    let cert = ours.issue_device(&device(), "tether.local", day).unwrap();
+    assert!(raw_device_handshake(bed.relay_addr, bed.ca_pem(), &cert, &device()).await.accepted);
+    let metrics = http_get(bed.admin_addr, "/metrics").await;
+    assert!(metrics.contains(r#"tether_relay_handshake_failures_total{reason="identity_mismatch",side="device"} 1"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_garbage_clients_do_not_delay_a_legitimate_stream() {
+    let limits = Limits { handshake_timeout: Duration::from_secs(2), ..Limits::default() };
+    let s = setup(limits).await;
+    let relay = s.bed.relay_addr;
+    // 200 clients that connect and say nothing, and some that send garbage or half a ClientHello.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(relay).await.unwrap());
+    }
+    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[22, 3, 1, 0xff, 0xff, 1], &[0u8; 4096], &[22, 3, 1, 0, 10, 1, 0, 0]] {
+        let mut c = TcpStream::connect(relay).await.unwrap();
+        c.write_all(junk).await.unwrap();
+        idle.push(c);
+    }
+    let started = Instant::now();
+    transfer(&s.target(7), 1024).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "legitimate stream took {took:?} behind silent clients");
+    // Once the handshake deadline passes the silent clients are cut off and counted.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let metrics = s.metrics().await;
+    assert!(metrics.contains(r#"reason="handshake_timeout",side="unknown"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"reason="bad_client_hello""#), "{metrics}");
+    assert!(metrics.contains("tether_relay_pending_handshakes 0"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_handshake_cap_refuses_excess_connections_immediately() {
+    let limits = Limits { max_pending_handshakes: 5, ..Limits::default() };
+    let s = setup(limits).await;
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(TcpStream::connect(s.bed.relay_addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The sixth is closed at once rather than queued.
+    let mut sixth = TcpStream::connect(s.bed.relay_addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(2 * SECOND, sixth.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    drop(idle);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    transfer(&s.target(7), 1024).await;
+    let metrics = s.metrics().await;
+    assert!(metrics.contains(r#"reason="too_many_pending_handshakes""#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_lets_streams_finish_then_stops() {
+    let limits = Limits { drain_grace: Duration::ZERO, drain_deadline: 5 * SECOND, ..Limits::default() };
+    let s = setup(limits).await;
+    let mut stream = connect::open(&s.target(7)).await.unwrap();
+    let Setup { bed, agent, .. } = s;
+    let admin = bed.admin_addr;
+    let stop = tokio::spawn(bed.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // During the drain the stream keeps working.
+    stream.tls.write_all(b"still here").await.unwrap();
+    let mut buf = [0u8; 10];
+    stream.tls.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here");
+    assert!(http_get(admin, "/ready").await.starts_with("HTTP/1.1 503"));
+    drop(stream);
+    tokio::time::timeout(10 * SECOND, stop).await.expect("relay did not stop after its last stream").unwrap();
+    agent.stop().await;
+}

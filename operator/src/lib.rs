@@ -1,0 +1,22 @@
+//! `tether-operator`: reconciles Device, DeviceStream and RelayPool resources.
+//!
+//! * [`trust`]: the CA and the token-signing key, kept in Secrets in the operator's namespace.
+//! * [`device`]: issues and renews device client certificates.
+//! * [`stream`]: validates DeviceStreams, computes their relay, mints their tokens, expires them.
+//! * [`relaypool`]: runs and scales the relay fleet.
+//!
+//! Each reconciler follows observe → validate → build → apply (server-side apply, owner
+//! references) → status (conditions, observedGeneration, Events); `validate` and `build` take
+//! plain data and never a client.
+
+#![forbid(unsafe_code)]
+
+pub mod context;
+pub mod trust;
+
+pub use context::Context;
+
+/// Field manager for server-side apply of objects the operator owns.
+pub const FIELD_MANAGER: &str = "tether-operator";
+/// Field manager for status patches.
+pub const STATUS_FIELD_MANAGER: &str = "tether-operator-status";

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# test-k8s.sh: build (or reuse) the Kubernetes test control plane, start it, run the Kubernetes
+# tests against it, and ALWAYS tear it down. Fails if the environment cannot be built or started:
+# with TETHER_REQUIRE_K8S=1 exported, the tests fail instead of skipping.
+#
+#   scripts/test-k8s.sh                      # cargo test -p tether-tests
+#   scripts/test-k8s.sh -p tether-operator   # extra/other cargo test arguments are passed through
+#   scripts/test-k8s.sh -p tether-tests -- --nocapture watch
+#
+# Set TETHER_K8S_KEEP=1 to leave the environment running afterwards for debugging
+# (then: eval "$(scripts/k8s-env.sh env)"; ...; scripts/k8s-env.sh down). See docs/testing.md.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ENV_SH=$ROOT/scripts/k8s-env.sh
+
+"$ENV_SH" build >/dev/null
+
+teardown() {
+  local rc=$?
+  if [[ ${TETHER_K8S_KEEP:-0} == 1 ]]; then
+    echo "[test-k8s] TETHER_K8S_KEEP=1: environment left running; stop it with scripts/k8s-env.sh down" >&2
+  else
+    "$ENV_SH" down || true
+  fi
+  exit "$rc"
+}
+trap teardown EXIT
+trap 'exit 130' INT TERM
+
+"$ENV_SH" up
+eval "$("$ENV_SH" env)"
+export TETHER_REQUIRE_K8S=1
+
+args=("$@")
+(( ${#args[@]} )) || args=(-p tether-tests)
+echo "[test-k8s] cargo test ${args[*]}" >&2
+cd "$ROOT"
+cargo test "${args[@]}"

@@ -63,7 +63,10 @@ fn default_renew_before_days() -> u32 {
 
 impl Default for CredentialSettings {
     fn default() -> Self {
-        Self { validity_days: default_validity_days(), renew_before_days: default_renew_before_days() }
+        Self {
+            validity_days: default_validity_days(),
+            renew_before_days: default_renew_before_days(),
+        }
     }
 }
 

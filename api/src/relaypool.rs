@@ -21,7 +21,11 @@ use serde::{Deserialize, Serialize};
     shortname = "rp",
     category = "tether",
     doc = "A horizontally scaled fleet of Tether relays.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
     printcolumn(name = "ReadyMembers", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Domain", type_ = "string", json_path = ".spec.relayDomain"),
@@ -83,7 +87,11 @@ pub struct PublicService {
 
 impl Default for PublicService {
     fn default() -> Self {
-        Self { type_: default_service_type(), port: default_port(), annotations: BTreeMap::new() }
+        Self {
+            type_: default_service_type(),
+            port: default_port(),
+            annotations: BTreeMap::new(),
+        }
     }
 }
 

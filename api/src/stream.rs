@@ -21,7 +21,12 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Port", type_ = "integer", json_path = ".spec.port"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Relay", type_ = "string", json_path = ".status.relay"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt", priority = 1),
+    printcolumn(
+        name = "Expires",
+        type_ = "date",
+        json_path = ".status.expiresAt",
+        priority = 1
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

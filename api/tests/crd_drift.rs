@@ -17,7 +17,10 @@ fn committed_crds_match_the_types() {
 
 #[test]
 fn crds_carry_the_invariants() {
-    let yaml: String = tether_api::crds().iter().map(|c| tether_api::crd_yaml(c).unwrap()).collect();
+    let yaml: String = tether_api::crds()
+        .iter()
+        .map(|c| tether_api::crd_yaml(c).unwrap())
+        .collect();
     for needle in [
         "self == oldSelf",
         "duration(self) >= duration('1m')",

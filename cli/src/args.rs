@@ -153,7 +153,10 @@ impl ConnectArgs {
         let (host, port) = self.relay.rsplit_once(':').context("--relay must be host:port")?;
         let port: u16 = port.parse().context("--relay must be host:port")?;
         let cas = tls::load_certs("relay CA bundle", &self.ca)?;
-        let relay_name = self.relay_name.clone().unwrap_or_else(|| self.relay_domain.clone());
+        let relay_name = self
+            .relay_name
+            .clone()
+            .unwrap_or_else(|| self.relay_domain.clone());
         let config = tls::service_client_config(&cas, &relay_name)?;
         Ok(connect::Target {
             relay_host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
@@ -180,8 +183,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if args.stdio {
                 connect::stdio(&target).await?;
             } else if let Some(addr) = args.listen {
-                let listener =
-                    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr}"))?;
                 eprintln!(
                     "forwarding {} -> {} port {} via {}",
                     listener.local_addr()?,
@@ -199,17 +203,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Ca(CaCommand::Init { dir, relay_names, relay_ips }) => {
+        Command::Ca(CaCommand::Init {
+            dir,
+            relay_names,
+            relay_ips,
+        }) => {
             standalone::init(&dir, &relay_names, &relay_ips)?;
-            println!("created CA, token keys and relay certificate in {}", dir.display());
+            println!(
+                "created CA, token keys and relay certificate in {}",
+                dir.display()
+            );
             Ok(())
         }
-        Command::Device(DeviceCommand::Issue { device, dir, out, trust_domain, validity }) => {
+        Command::Device(DeviceCommand::Issue {
+            device,
+            dir,
+            out,
+            trust_domain,
+            validity,
+        }) => {
             let key = DeviceKey::parse(&device)?;
-            let out =
-                out.unwrap_or_else(|| dir.join("devices").join(format!("{}-{}", key.namespace(), key.name())));
+            let out = out.unwrap_or_else(|| {
+                dir.join("devices")
+                    .join(format!("{}-{}", key.namespace(), key.name()))
+            });
             let out = standalone::issue_device(&dir, &key, &trust_domain, &out, validity)?;
-            println!("wrote {}/device.crt, device.key and ca.crt for {key}", out.display());
+            println!(
+                "wrote {}/device.crt, device.key and ca.crt for {key}",
+                out.display()
+            );
             Ok(())
         }
         Command::Token(args) => {

@@ -103,14 +103,26 @@ pub async fn open(target: &Target) -> Result<Stream, ConnectError> {
     let relay = format!("{}:{}", target.relay_host, target.relay_port);
     let tcp = dial(&target.relay_host, target.relay_port, target.proxy.as_ref())
         .await
-        .map_err(|source| ConnectError::Dial { relay: relay.clone(), source })?;
+        .map_err(|source| ConnectError::Dial {
+            relay: relay.clone(),
+            source,
+        })?;
     let sni = ServerName::try_from(target.device.server_name(&target.relay_domain))
         .map_err(|e| ConnectError::Protocol(format!("bad server name: {e}")))?;
     let mut tls = TlsConnector::from(target.tls.clone())
         .connect(sni, tcp)
         .await
-        .map_err(|source| ConnectError::Tls { relay: relay.clone(), source })?;
-    tls.write_all(&head::encode_connect(&target.device, target.port, &target.token, None)).await?;
+        .map_err(|source| ConnectError::Tls {
+            relay: relay.clone(),
+            source,
+        })?;
+    tls.write_all(&head::encode_connect(
+        &target.device,
+        target.port,
+        &target.token,
+        None,
+    ))
+    .await?;
     tls.flush().await?;
     let mut buf = BytesMut::with_capacity(1024);
     loop {
@@ -118,7 +130,10 @@ pub async fn open(target: &Target) -> Result<Stream, ConnectError> {
             Ok(Parsed::Complete(resp, used)) => {
                 let rest = buf.split_off(used);
                 if resp.status == 200 {
-                    return Ok(Stream { tls, early: rest.freeze() });
+                    return Ok(Stream {
+                        tls,
+                        early: rest.freeze(),
+                    });
                 }
                 let message = String::from_utf8_lossy(&rest).trim().to_owned();
                 return Err(ConnectError::Refused {
@@ -131,7 +146,9 @@ pub async fn open(target: &Target) -> Result<Stream, ConnectError> {
             Err(e) => return Err(ConnectError::Protocol(e.to_string())),
         }
         if tls.read_buf(&mut buf).await? == 0 {
-            return Err(ConnectError::Protocol("relay closed the connection before answering".into()));
+            return Err(ConnectError::Protocol(
+                "relay closed the connection before answering".into(),
+            ));
         }
     }
 }
@@ -183,7 +200,9 @@ pub async fn listen(target: Target, listener: TcpListener, shutdown: tokio_util:
         tokio::spawn(async move {
             match open(&target).await {
                 Ok(stream) => match splice_with(stream, &mut local).await {
-                    Ok((up, down)) => tracing::info!(%peer, to_device = up, from_device = down, "connection closed"),
+                    Ok((up, down)) => {
+                        tracing::info!(%peer, to_device = up, from_device = down, "connection closed")
+                    }
                     Err(e) => tracing::info!(%peer, error = %e, "connection ended with an error"),
                 },
                 Err(e) => tracing::warn!(%peer, error = %e, "could not open a stream"),

@@ -46,9 +46,10 @@ pub struct DemoArgs {
 /// # Errors
 /// Any failure to start a component or move the bytes.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let dir = args.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("tether-demo-{}", std::process::id()))
-    });
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("tether-demo-{}", std::process::id())));
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
         bail!("{} is not empty; pass --dir with a new directory", dir.display());
     }
@@ -56,21 +57,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let echo_addr = echo.local_addr()?;
     tokio::spawn(serve_echo(echo));
 
-    let limits = Limits { drain_grace: Duration::ZERO, drain_deadline: Duration::from_secs(2), ..Limits::default() };
+    let limits = Limits {
+        drain_grace: Duration::ZERO,
+        drain_deadline: Duration::from_secs(2),
+        ..Limits::default()
+    };
     let bed = Testbed::start(&dir, limits).await?;
-    println!("relay      listening on {} (metrics: http://{}/metrics)", bed.relay_addr, bed.admin_addr);
+    println!(
+        "relay      listening on {} (metrics: http://{}/metrics)",
+        bed.relay_addr, bed.admin_addr
+    );
     let device = DeviceKey::parse("demo/sensor-1")?;
     let ssh_target = SocketAddr::from(([127, 0, 0, 1], args.ssh_port));
     let allow = BTreeMap::from([(ECHO_PORT, echo_addr), (22, ssh_target)]);
     let mut agent = bed.spawn_agent(bed.agent_config(&device, &allow)?)?;
     agent.connected(Duration::from_secs(10)).await?;
-    println!("agent      {device} connected (serves port {ECHO_PORT} -> echo at {echo_addr}, port 22 -> {ssh_target})");
+    println!(
+        "agent      {device} connected (serves port {ECHO_PORT} -> echo at {echo_addr}, port 22 -> {ssh_target})"
+    );
 
     let bytes = args.mib * 1024 * 1024;
     let token = bed.token(&device, ECHO_PORT, Duration::from_secs(600))?;
     let stream = connect::open(&bed.target(&device, ECHO_PORT, &token)?).await?;
     let early = stream.early.clone();
-    let tunnel = echo_round_trip(stream.tls, early.to_vec(), bytes).await.context("tunnel transfer")?;
+    let tunnel = echo_round_trip(stream.tls, early.to_vec(), bytes)
+        .await
+        .context("tunnel transfer")?;
     let direct = echo_round_trip(TcpStream::connect(echo_addr).await?, Vec::new(), bytes).await?;
     println!(
         "stream     {} MiB each way through the tunnel in {:.2} s: {:.0} MiB/s per direction, SHA-256 verified",
@@ -85,18 +97,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     let ssh_token = dir.join("ssh.token");
-    crate::standalone::write_new(&ssh_token, &format!("{}\n", bed.token(&device, 22, Duration::from_secs(3600))?), true)?;
+    crate::standalone::write_new(
+        &ssh_token,
+        &format!("{}\n", bed.token(&device, 22, Duration::from_secs(3600))?),
+        true,
+    )?;
     let exe = std::env::current_exe().map_or_else(|_| "tether".into(), |p| p.display().to_string());
     println!();
-    println!("Try a real SSH session to the demo device (its port 22 is this machine's port {}):", args.ssh_port);
+    println!(
+        "Try a real SSH session to the demo device (its port 22 is this machine's port {}):",
+        args.ssh_port
+    );
     println!(
         "  ssh -o ProxyCommand='{exe} connect {device} --port 22 --token-file {} --relay {} --ca {} --stdio' $USER@sensor-1",
         ssh_token.display(),
         bed.relay_addr,
         dir.join("ca.crt").display()
     );
-    println!("Or forward a local port:  {exe} connect {device} --port 22 --token-file {} --relay {} --ca {} --listen 127.0.0.1:2222",
-        ssh_token.display(), bed.relay_addr, dir.join("ca.crt").display());
+    println!(
+        "Or forward a local port:  {exe} connect {device} --port 22 --token-file {} --relay {} --ca {} --listen 127.0.0.1:2222",
+        ssh_token.display(),
+        bed.relay_addr,
+        dir.join("ca.crt").display()
+    );
     println!("Keys and tokens are in {}.", dir.display());
     if !args.no_wait {
         println!("Press Ctrl-C to stop.");
@@ -127,7 +150,9 @@ where
     let started = Instant::now();
     let (mut r, mut w) = tokio::io::split(stream);
     let writer = tokio::spawn(async move {
-        let chunk: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        let chunk: Vec<u8> = (0..64 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
         let mut hash = Sha256::new();
         let mut left = bytes;
         while left > 0 {

@@ -50,7 +50,8 @@ pub fn write_new(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()
         .mode(if secret { 0o600 } else { 0o644 })
         .open(path)
         .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
-    f.write_all(contents.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn read(dir: &Path, name: &str) -> anyhow::Result<String> {
@@ -69,9 +70,19 @@ fn read(dir: &Path, name: &str) -> anyhow::Result<String> {
 /// When a file already exists or cannot be written.
 pub fn init(dir: &Path, relay_names: &[String], ips: &[IpAddr]) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    for name in [files::CA_CERT, files::CA_KEY, files::TOKEN_KEY, files::TOKEN_PUB, files::RELAY_CERT, files::RELAY_KEY] {
+    for name in [
+        files::CA_CERT,
+        files::CA_KEY,
+        files::TOKEN_KEY,
+        files::TOKEN_PUB,
+        files::RELAY_CERT,
+        files::RELAY_KEY,
+    ] {
         if dir.join(name).exists() {
-            bail!("{} already exists: refusing to overwrite trust anchors", dir.join(name).display());
+            bail!(
+                "{} already exists: refusing to overwrite trust anchors",
+                dir.join(name).display()
+            );
         }
     }
     let (ca, ca_files) = Ca::generate("Tether standalone CA", CA_VALIDITY)?;
@@ -80,7 +91,11 @@ pub fn init(dir: &Path, relay_names: &[String], ips: &[IpAddr]) -> anyhow::Resul
     write_new(&dir.join(files::CA_CERT), &ca_files.cert_pem, false)?;
     write_new(&dir.join(files::CA_KEY), &ca_files.key_pem, true)?;
     write_new(&dir.join(files::TOKEN_KEY), &signer.to_pkcs8_pem(), true)?;
-    write_new(&dir.join(files::TOKEN_PUB), &signer.verifier().to_public_key_pem(), false)?;
+    write_new(
+        &dir.join(files::TOKEN_PUB),
+        &signer.verifier().to_public_key_pem(),
+        false,
+    )?;
     write_new(&dir.join(files::RELAY_CERT), &relay.cert_pem, false)?;
     write_new(&dir.join(files::RELAY_KEY), &relay.key_pem, true)?;
     Ok(())
@@ -97,7 +112,8 @@ pub fn issue_device(
     out: &Path,
     validity: Duration,
 ) -> anyhow::Result<PathBuf> {
-    let ca = Ca::from_pem(&read(dir, files::CA_CERT)?, &read(dir, files::CA_KEY)?).context("invalid CA files")?;
+    let ca =
+        Ca::from_pem(&read(dir, files::CA_CERT)?, &read(dir, files::CA_KEY)?).context("invalid CA files")?;
     let issued = ca.issue_device(device, trust_domain, validity)?;
     fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_new(&out.join("device.crt"), &issued.cert_pem, false)?;
@@ -139,7 +155,9 @@ pub fn mint_with(signer: &TokenSigner, req: &TokenRequest) -> anyhow::Result<Str
     if ttl == 0 || ttl > tether_proto::token::MAX_LIFETIME_SECS {
         bail!("--ttl must be between 1s and 24h");
     }
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_secs();
     let claims = StreamClaims {
         stream_uid: format!("standalone-{}", hex::encode(rand::random::<[u8; 12]>())),
         namespace: req.device.namespace().to_owned(),

@@ -62,10 +62,13 @@ impl RunningAgent {
     /// # Errors
     /// When it does not connect in time.
     pub async fn connected(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        tokio::time::timeout(timeout, self.state.wait_for(|s| matches!(s, AgentState::Connected { .. })))
-            .await
-            .context("agent did not connect in time")?
-            .context("agent stopped")?;
+        tokio::time::timeout(
+            timeout,
+            self.state.wait_for(|s| matches!(s, AgentState::Connected { .. })),
+        )
+        .await
+        .context("agent did not connect in time")?
+        .context("agent stopped")?;
         Ok(())
     }
 
@@ -82,9 +85,16 @@ impl Testbed {
     /// # Errors
     /// Key generation, file or bind failures.
     pub async fn start(dir: &Path, limits: Limits) -> anyhow::Result<Self> {
-        standalone::init(dir, &[RELAY_DOMAIN.to_owned(), "localhost".to_owned()], &[IpAddr::V4(Ipv4Addr::LOCALHOST)])?;
+        standalone::init(
+            dir,
+            &[RELAY_DOMAIN.to_owned(), "localhost".to_owned()],
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        )?;
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).with_context(|| name.to_owned());
-        let ca = Ca::from_pem(&read(standalone::files::CA_CERT)?, &read(standalone::files::CA_KEY)?)?;
+        let ca = Ca::from_pem(
+            &read(standalone::files::CA_CERT)?,
+            &read(standalone::files::CA_KEY)?,
+        )?;
         let signer = TokenSigner::from_pkcs8_pem(&read(standalone::files::TOKEN_KEY)?)?;
         let files = TlsFiles {
             cert: &dir.join(standalone::files::RELAY_CERT),
@@ -98,7 +108,16 @@ impl Testbed {
         let (relay_addr, admin_addr, handle) = (relay.local_addr(), relay.admin_addr(), relay.handle());
         let shutdown = CancellationToken::new();
         let relay_task = tokio::spawn(relay.run(shutdown.clone()));
-        Ok(Self { dir: dir.to_owned(), relay_addr, admin_addr, relay: handle, signer, ca, shutdown, relay_task })
+        Ok(Self {
+            dir: dir.to_owned(),
+            relay_addr,
+            admin_addr,
+            relay: handle,
+            signer,
+            ca,
+            shutdown,
+            relay_task,
+        })
     }
 
     /// Issues credentials for `device` (into `<dir>/devices/<ns>-<name>-<n>`) and returns an agent
@@ -113,7 +132,11 @@ impl Testbed {
     ) -> anyhow::Result<tether_agent::Config> {
         let issued = self.ca.issue_device(device, TRUST_DOMAIN, DAY)?;
         let out = (0..)
-            .map(|n| self.dir.join("devices").join(format!("{}-{}-{n}", device.namespace(), device.name())))
+            .map(|n| {
+                self.dir
+                    .join("devices")
+                    .join(format!("{}-{}-{n}", device.namespace(), device.name()))
+            })
             .find(|p| !p.exists())
             .context("no free directory name")?;
         std::fs::create_dir_all(&out)?;
@@ -133,7 +156,13 @@ impl Testbed {
         config.backoff.base = Duration::from_millis(50);
         config.backoff.cap = Duration::from_millis(500);
         for (port, target) in allow {
-            config.allow.insert(*port, AgentTarget { host: target.ip().to_string(), port: target.port() });
+            config.allow.insert(
+                *port,
+                AgentTarget {
+                    host: target.ip().to_string(),
+                    port: target.port(),
+                },
+            );
         }
         Ok(config)
     }
@@ -153,7 +182,12 @@ impl Testbed {
                 tracing::warn!(error = %e, "agent stopped with an error");
             }
         });
-        Ok(RunningAgent { device, state, shutdown, task })
+        Ok(RunningAgent {
+            device,
+            state,
+            shutdown,
+            task,
+        })
     }
 
     /// Signs a token for `device:port` valid for `ttl`.

@@ -63,7 +63,12 @@ async fn setup(limits: Limits) -> Setup {
     let config = bed.agent_config(&device(), &BTreeMap::from([(7, echo)])).unwrap();
     let mut agent = bed.spawn_agent(config).unwrap();
     agent.connected(10 * SECOND).await.unwrap();
-    Setup { bed, agent, echo, _dir: dir }
+    Setup {
+        bed,
+        agent,
+        echo,
+        _dir: dir,
+    }
 }
 
 impl Setup {
@@ -79,7 +84,9 @@ impl Setup {
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
@@ -108,10 +115,24 @@ async fn echo_through_the_tunnel_and_metrics() {
     drop(stream);
     let metrics = s.metrics().await;
     assert!(metrics.contains("tether_relay_connected_devices 1"), "{metrics}");
-    assert!(metrics.contains(r#"tether_relay_stream_setups_total{result="ok"} 1"#), "{metrics}");
-    assert!(metrics.contains(r#"tether_relay_bytes_total{direction="service_to_device"} 12"#), "{metrics}");
-    assert!(http_get(s.bed.admin_addr, "/ready").await.starts_with("HTTP/1.1 200"));
-    assert!(http_get(s.bed.admin_addr, "/live").await.starts_with("HTTP/1.1 200"));
+    assert!(
+        metrics.contains(r#"tether_relay_stream_setups_total{result="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tether_relay_bytes_total{direction="service_to_device"} 12"#),
+        "{metrics}"
+    );
+    assert!(
+        http_get(s.bed.admin_addr, "/ready")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    assert!(
+        http_get(s.bed.admin_addr, "/live")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
 }
 
 /// Sends `bytes` one way and reads them back, comparing SHA-256 of both directions.
@@ -183,8 +204,14 @@ async fn hundred_concurrent_streams_over_one_device_connection() {
         t.await.unwrap();
     }
     let metrics = s.metrics().await;
-    assert!(metrics.contains(r#"tether_relay_stream_setups_total{result="ok"} 100"#), "{metrics}");
-    assert!(metrics.contains("tether_relay_device_sessions_replaced_total 0"), "one device connection only");
+    assert!(
+        metrics.contains(r#"tether_relay_stream_setups_total{result="ok"} 100"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tether_relay_device_sessions_replaced_total 0"),
+        "one device connection only"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,18 +226,27 @@ async fn half_close_lets_the_device_answer_after_client_eof() {
         let (mut s, _) = listener.accept().await.unwrap();
         let mut all = Vec::new();
         s.read_to_end(&mut all).await.unwrap();
-        s.write_all(format!("got {} bytes", all.len()).as_bytes()).await.unwrap();
+        s.write_all(format!("got {} bytes", all.len()).as_bytes())
+            .await
+            .unwrap();
     });
-    let mut agent = bed.spawn_agent(bed.agent_config(&device(), &BTreeMap::from([(9, addr)])).unwrap()).unwrap();
+    let mut agent = bed
+        .spawn_agent(bed.agent_config(&device(), &BTreeMap::from([(9, addr)])).unwrap())
+        .unwrap();
     agent.connected(10 * SECOND).await.unwrap();
     let token = bed.token(&device(), 9, Duration::from_secs(60)).unwrap();
-    let mut stream = connect::open(&bed.target(&device(), 9, &token).unwrap()).await.unwrap();
+    let mut stream = connect::open(&bed.target(&device(), 9, &token).unwrap())
+        .await
+        .unwrap();
     stream.tls.write_all(&[1u8; 100_000]).await.unwrap();
     // TLS-level half-close: the client's write side ends, its read side stays open.
     stream.tls.get_mut().1.send_close_notify();
     stream.tls.flush().await.unwrap();
     let mut answer = String::new();
-    tokio::time::timeout(10 * SECOND, stream.tls.read_to_string(&mut answer)).await.unwrap().unwrap();
+    tokio::time::timeout(10 * SECOND, stream.tls.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(answer, "got 100000 bytes");
 }
 
@@ -220,13 +256,19 @@ async fn reconnecting_device_replaces_its_stale_session() {
     // A long-lived stream on the first session.
     let mut old_stream = connect::open(&s.target(7)).await.unwrap();
     // The same device connects again (e.g. after a NAT rebinding left the old connection dangling).
-    let config = s.bed.agent_config(&device(), &BTreeMap::from([(7, s.echo)])).unwrap();
+    let config = s
+        .bed
+        .agent_config(&device(), &BTreeMap::from([(7, s.echo)]))
+        .unwrap();
     let mut second = s.bed.spawn_agent(config).unwrap();
     second.connected(10 * SECOND).await.unwrap();
     // The stale session's stream ends (EOF or reset) instead of hanging.
     let mut buf = [0u8; 16];
     let ended = tokio::time::timeout(10 * SECOND, old_stream.tls.read(&mut buf)).await;
-    assert!(matches!(ended, Ok(Ok(0)) | Ok(Err(_))), "old stream still open: {ended:?}");
+    assert!(
+        matches!(ended, Ok(Ok(0)) | Ok(Err(_))),
+        "old stream still open: {ended:?}"
+    );
     // New streams use the new session.
     let target = s.target(7);
     let Setup { bed, agent, .. } = s;
@@ -234,7 +276,10 @@ async fn reconnecting_device_replaces_its_stale_session() {
     let took = transfer(&target, 1024).await;
     assert!(took < 10 * SECOND);
     let metrics = http_get(bed.admin_addr, "/metrics").await;
-    assert!(metrics.contains("tether_relay_device_sessions_replaced_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("tether_relay_device_sessions_replaced_total 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("tether_relay_connected_devices 1"), "{metrics}");
     second.stop().await;
 }
@@ -254,7 +299,10 @@ fn claims(port: u16, not_before: u64, expires_at: u64) -> StreamClaims {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,22 +315,40 @@ async fn bad_tokens_are_refused_with_their_reason() {
     let mut wrong_audience = claims(7, now, now + 600);
     wrong_audience.audience = "elsewhere.example".into();
     let cases = [
-        (s.bed.signer.sign(&claims(7, now - 7200, now - 3600)), 7, "token_expired"),
-        (s.bed.signer.sign(&claims(7, now + 3600, now + 7200)), 7, "token_not_yet_valid"),
+        (
+            s.bed.signer.sign(&claims(7, now - 7200, now - 3600)),
+            7,
+            "token_expired",
+        ),
+        (
+            s.bed.signer.sign(&claims(7, now + 3600, now + 7200)),
+            7,
+            "token_not_yet_valid",
+        ),
         (forger.sign(&claims(7, now, now + 600)), 7, "token_signature"),
         (s.bed.signer.sign(&other_device), 7, "token_wrong_device"),
-        (s.bed.signer.sign(&claims(22, now, now + 600)), 7, "token_wrong_port"),
+        (
+            s.bed.signer.sign(&claims(22, now, now + 600)),
+            7,
+            "token_wrong_port",
+        ),
         (s.bed.signer.sign(&wrong_audience), 7, "token_audience"),
         ("not-a-token".to_owned(), 7, "token_malformed"),
     ];
     for (token, port, reason) in cases {
-        let err = connect::open(&s.bed.target(&device(), port, &token).unwrap()).await.err().unwrap();
+        let err = connect::open(&s.bed.target(&device(), port, &token).unwrap())
+            .await
+            .err()
+            .unwrap();
         assert_eq!(refusal_reason(err), reason);
     }
     // The relay is unharmed: a good token still works.
     transfer(&s.target(7), 1024).await;
     let metrics = s.metrics().await;
-    assert!(metrics.contains(r#"tether_relay_stream_setups_total{result="token_expired"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"tether_relay_stream_setups_total{result="token_expired"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +366,10 @@ async fn per_stream_connection_limit_and_revocation() {
     s.bed.relay.revoke("test-stream", now + 600);
     let mut buf = [0u8; 8];
     let ended = tokio::time::timeout(10 * SECOND, first.tls.read(&mut buf)).await;
-    assert!(matches!(ended, Ok(Ok(0)) | Ok(Err(_))), "revoked stream still open: {ended:?}");
+    assert!(
+        matches!(ended, Ok(Ok(0)) | Ok(Err(_))),
+        "revoked stream still open: {ended:?}"
+    );
     let err = connect::open(&target).await.err().unwrap();
     assert_eq!(refusal_reason(err), "stream_revoked");
 }
@@ -316,11 +385,17 @@ async fn port_outside_the_agents_allowlist_is_refused_by_the_device() {
 async fn offline_device_times_out_with_a_clear_reason() {
     tether_net::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let limits = Limits { device_connect_timeout: Duration::from_millis(300), ..Limits::default() };
+    let limits = Limits {
+        device_connect_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
     let bed = Testbed::start(dir.path(), limits).await.unwrap();
     let token = bed.token(&device(), 7, Duration::from_secs(60)).unwrap();
     let started = Instant::now();
-    let err = connect::open(&bed.target(&device(), 7, &token).unwrap()).await.err().unwrap();
+    let err = connect::open(&bed.target(&device(), 7, &token).unwrap())
+        .await
+        .err()
+        .unwrap();
     assert_eq!(refusal_reason(err), "device_not_connected");
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
@@ -335,30 +410,47 @@ async fn service_waits_for_a_device_that_connects_late() {
     let target = bed.target(&device(), 7, &token).unwrap();
     let client = tokio::spawn(async move { transfer(&target, 4096).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut agent = bed.spawn_agent(bed.agent_config(&device(), &BTreeMap::from([(7, echo)])).unwrap()).unwrap();
+    let mut agent = bed
+        .spawn_agent(bed.agent_config(&device(), &BTreeMap::from([(7, echo)])).unwrap())
+        .unwrap();
     agent.connected(10 * SECOND).await.unwrap();
     tokio::time::timeout(10 * SECOND, client).await.unwrap().unwrap();
 }
 
 /// Runs the device side of the protocol by hand with the given credentials; returns the relay's
 /// preface reply.
-async fn raw_device_handshake(relay: SocketAddr, ca_pem: &str, device_cert: &tether_net::pki::Issued, sni: &DeviceKey) -> PrefaceReply {
+async fn raw_device_handshake(
+    relay: SocketAddr,
+    ca_pem: &str,
+    device_cert: &tether_net::pki::Issued,
+    sni: &DeviceKey,
+) -> PrefaceReply {
     let cas = tether_net::tls::parse_certs("ca", "test", ca_pem.as_bytes()).unwrap();
     let chain = tether_net::tls::parse_certs("cert", "test", device_cert.cert_pem.as_bytes()).unwrap();
     let key = tether_net::tls::parse_key("key", "test", device_cert.key_pem.as_bytes()).unwrap();
     let config = tether_net::tls::agent_client_config(&cas, chain, key, RELAY_DOMAIN).unwrap();
     let tcp = TcpStream::connect(relay).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from(sni.server_name(RELAY_DOMAIN)).unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
     let mut out = BytesMut::new();
-    Preface { agent_version: "test".into(), features: vec![] }.encode(&mut out);
+    Preface {
+        agent_version: "test".into(),
+        features: vec![],
+    }
+    .encode(&mut out);
     tls.write_all(&out).await.unwrap();
     let mut buf = BytesMut::new();
     loop {
         if let Decoded::Complete(reply) = PrefaceReply::decode(&mut buf).unwrap() {
             return reply;
         }
-        assert!(tls.read_buf(&mut buf).await.unwrap() > 0, "relay closed without a reply");
+        assert!(
+            tls.read_buf(&mut buf).await.unwrap() > 0,
+            "relay closed without a reply"
+        );
     }
 }
 
@@ -376,23 +468,43 @@ async fn device_identity_comes_only_from_a_certificate_of_our_ca() {
         async move { raw_device_handshake(addr, &ca, &rogue_cert, &device()).await }
     })
     .await;
-    assert!(result.is_err(), "a device certificate from another CA was accepted");
+    assert!(
+        result.is_err(),
+        "a device certificate from another CA was accepted"
+    );
     // Our CA, but the certificate names another device than the SNI: refused with a reason.
-    let ours = Ca::from_pem(bed.ca_pem(), &std::fs::read_to_string(dir.path().join("ca.key")).unwrap()).unwrap();
-    let cert = ours.issue_device(&DeviceKey::parse("plant-a/pump-8").unwrap(), "tether.local", day).unwrap();
+    let ours = Ca::from_pem(
+        bed.ca_pem(),
+        &std::fs::read_to_string(dir.path().join("ca.key")).unwrap(),
+    )
+    .unwrap();
+    let cert = ours
+        .issue_device(&DeviceKey::parse("plant-a/pump-8").unwrap(), "tether.local", day)
+        .unwrap();
     let reply = raw_device_handshake(bed.relay_addr, bed.ca_pem(), &cert, &device()).await;
     assert!(!reply.accepted);
     assert!(reply.message.contains("does not match"), "{}", reply.message);
     // The right certificate is accepted.
     let cert = ours.issue_device(&device(), "tether.local", day).unwrap();
-    assert!(raw_device_handshake(bed.relay_addr, bed.ca_pem(), &cert, &device()).await.accepted);
+    assert!(
+        raw_device_handshake(bed.relay_addr, bed.ca_pem(), &cert, &device())
+            .await
+            .accepted
+    );
     let metrics = http_get(bed.admin_addr, "/metrics").await;
-    assert!(metrics.contains(r#"tether_relay_handshake_failures_total{reason="identity_mismatch",side="device"} 1"#), "{metrics}");
+    assert!(
+        metrics
+            .contains(r#"tether_relay_handshake_failures_total{reason="identity_mismatch",side="device"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_garbage_clients_do_not_delay_a_legitimate_stream() {
-    let limits = Limits { handshake_timeout: Duration::from_secs(2), ..Limits::default() };
+    let limits = Limits {
+        handshake_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
     let s = setup(limits).await;
     let relay = s.bed.relay_addr;
     // 200 clients that connect and say nothing, and some that send garbage or half a ClientHello.
@@ -400,7 +512,12 @@ async fn silent_and_garbage_clients_do_not_delay_a_legitimate_stream() {
     for _ in 0..200 {
         idle.push(TcpStream::connect(relay).await.unwrap());
     }
-    for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[22, 3, 1, 0xff, 0xff, 1], &[0u8; 4096], &[22, 3, 1, 0, 10, 1, 0, 0]] {
+    for junk in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        &[22, 3, 1, 0xff, 0xff, 1],
+        &[0u8; 4096],
+        &[22, 3, 1, 0, 10, 1, 0, 0],
+    ] {
         let mut c = TcpStream::connect(relay).await.unwrap();
         c.write_all(junk).await.unwrap();
         idle.push(c);
@@ -408,18 +525,27 @@ async fn silent_and_garbage_clients_do_not_delay_a_legitimate_stream() {
     let started = Instant::now();
     transfer(&s.target(7), 1024).await;
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "legitimate stream took {took:?} behind silent clients");
+    assert!(
+        took < Duration::from_secs(1),
+        "legitimate stream took {took:?} behind silent clients"
+    );
     // Once the handshake deadline passes the silent clients are cut off and counted.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let metrics = s.metrics().await;
-    assert!(metrics.contains(r#"reason="handshake_timeout",side="unknown"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"reason="handshake_timeout",side="unknown"} 2"#),
+        "{metrics}"
+    );
     assert!(metrics.contains(r#"reason="bad_client_hello""#), "{metrics}");
     assert!(metrics.contains("tether_relay_pending_handshakes 0"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_handshake_cap_refuses_excess_connections_immediately() {
-    let limits = Limits { max_pending_handshakes: 5, ..Limits::default() };
+    let limits = Limits {
+        max_pending_handshakes: 5,
+        ..Limits::default()
+    };
     let s = setup(limits).await;
     let mut idle = Vec::new();
     for _ in 0..5 {
@@ -435,12 +561,19 @@ async fn pending_handshake_cap_refuses_excess_connections_immediately() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     transfer(&s.target(7), 1024).await;
     let metrics = s.metrics().await;
-    assert!(metrics.contains(r#"reason="too_many_pending_handshakes""#), "{metrics}");
+    assert!(
+        metrics.contains(r#"reason="too_many_pending_handshakes""#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_lets_streams_finish_then_stops() {
-    let limits = Limits { drain_grace: Duration::ZERO, drain_deadline: 5 * SECOND, ..Limits::default() };
+    let limits = Limits {
+        drain_grace: Duration::ZERO,
+        drain_deadline: 5 * SECOND,
+        ..Limits::default()
+    };
     let s = setup(limits).await;
     let mut stream = connect::open(&s.target(7)).await.unwrap();
     let Setup { bed, agent, .. } = s;
@@ -454,6 +587,9 @@ async fn drain_lets_streams_finish_then_stops() {
     assert_eq!(&buf, b"still here");
     assert!(http_get(admin, "/ready").await.starts_with("HTTP/1.1 503"));
     drop(stream);
-    tokio::time::timeout(10 * SECOND, stop).await.expect("relay did not stop after its last stream").unwrap();
+    tokio::time::timeout(10 * SECOND, stop)
+        .await
+        .expect("relay did not stop after its last stream")
+        .unwrap();
     agent.stop().await;
 }

@@ -51,9 +51,15 @@ impl Proxy {
     pub fn parse(url: &str, no_proxy: &str) -> Result<Self, ProxyError> {
         let parsed = Url::parse(url).map_err(|e| ProxyError(e.to_string()))?;
         if parsed.scheme() != "http" {
-            return Err(ProxyError(format!("scheme {:?} is not supported", parsed.scheme())));
+            return Err(ProxyError(format!(
+                "scheme {:?} is not supported",
+                parsed.scheme()
+            )));
         }
-        let host = parsed.host_str().ok_or_else(|| ProxyError("no host".into()))?.to_owned();
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| ProxyError("no host".into()))?
+            .to_owned();
         let port = parsed.port().unwrap_or(80);
         let credentials = (!parsed.username().is_empty()).then(|| {
             let user = percent_decode(parsed.username());
@@ -65,7 +71,12 @@ impl Proxy {
             .map(|s| s.trim().trim_start_matches('.').to_ascii_lowercase())
             .filter(|s| !s.is_empty())
             .collect();
-        Ok(Self { host, port, credentials, no_proxy })
+        Ok(Self {
+            host,
+            port,
+            credentials,
+            no_proxy,
+        })
     }
 
     /// Reads `HTTPS_PROXY`/`https_proxy` and `NO_PROXY`/`no_proxy` from the environment.
@@ -89,7 +100,9 @@ impl Proxy {
 }
 
 fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(s.as_bytes()).map(|(k, v)| format!("{k}{v}")).collect::<String>()
+    url::form_urlencoded::parse(s.as_bytes())
+        .map(|(k, v)| format!("{k}{v}"))
+        .collect::<String>()
 }
 
 /// Opens a TCP connection to `host:port`, through `proxy` unless `NO_PROXY` exempts the host.
@@ -101,19 +114,28 @@ pub async fn dial(host: &str, port: u16, proxy: Option<&Proxy>) -> std::io::Resu
         None => timeout(DIAL_TIMEOUT, TcpStream::connect((host, port)))
             .await
             .map_err(|_| timed_out(host, port))??,
-        Some(p) => timeout(DIAL_TIMEOUT, via_proxy(p, host, port)).await.map_err(|_| timed_out(host, port))??,
+        Some(p) => timeout(DIAL_TIMEOUT, via_proxy(p, host, port))
+            .await
+            .map_err(|_| timed_out(host, port))??,
     };
     stream.set_nodelay(true)?;
     Ok(stream)
 }
 
 fn timed_out(host: &str, port: u16) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {host}:{port} timed out"))
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("connecting to {host}:{port} timed out"),
+    )
 }
 
 async fn via_proxy(proxy: &Proxy, host: &str, port: u16) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect((proxy.host.as_str(), proxy.port)).await?;
-    let target = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    let target = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
     let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
     if let Some(creds) = &proxy.credentials {
         let encoded = base64::engine::general_purpose::STANDARD.encode(creds);
@@ -135,7 +157,10 @@ async fn via_proxy(proxy: &Proxy, host: &str, port: u16) -> std::io::Result<TcpS
         Ok(Parsed::Complete(resp, _)) if (200..300).contains(&resp.status) => Ok(stream),
         Ok(Parsed::Complete(resp, _)) => Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
-            format!("proxy {}:{} refused CONNECT {target}: HTTP {}", proxy.host, proxy.port, resp.status),
+            format!(
+                "proxy {}:{} refused CONNECT {target}: HTTP {}",
+                proxy.host, proxy.port, resp.status
+            ),
         )),
         _ => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -178,7 +203,9 @@ mod tests {
             assert!(head.contains("Proxy-Authorization: Basic dTpw")); // base64("u:p")
             let mut upstream = TcpStream::connect(("127.0.0.1", target_port)).await.unwrap();
             client.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-            tokio::io::copy_bidirectional(&mut client, &mut upstream).await.ok();
+            tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                .await
+                .ok();
         });
         let p = Proxy::parse(&format!("http://u:p@127.0.0.1:{proxy_port}"), "").unwrap();
         let mut s = dial("127.0.0.1", target_port, Some(&p)).await.unwrap();
@@ -199,7 +226,9 @@ mod tests {
             while !head.ends_with(b"\r\n\r\n") {
                 head.push(c.read_u8().await.unwrap());
             }
-            c.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n").await.unwrap();
+            c.write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                .await
+                .unwrap();
         });
         let p = Proxy::parse(&format!("http://127.0.0.1:{port}"), "").unwrap();
         let err = dial("relay.example.com", 443, Some(&p)).await.unwrap_err();

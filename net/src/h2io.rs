@@ -79,7 +79,12 @@ pub struct H2Stream {
 impl H2Stream {
     /// Wraps the two halves of a stream.
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self { send, recv, pending: Bytes::new(), recv_done: false }
+        Self {
+            send,
+            recv,
+            pending: Bytes::new(),
+            recv_done: false,
+        }
     }
 }
 
@@ -94,7 +99,11 @@ fn h2_to_io(e: h2::Error) -> io::Error {
 }
 
 impl AsyncRead for H2Stream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             if !self.pending.is_empty() {
                 let n = self.pending.len().min(buf.remaining());
@@ -130,7 +139,9 @@ impl AsyncWrite for H2Stream {
                 Some(Ok(0)) => continue,
                 Some(Ok(n)) => {
                     let n = n.min(buf.len());
-                    self.send.send_data(Bytes::copy_from_slice(&buf[..n]), false).map_err(h2_to_io)?;
+                    self.send
+                        .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                        .map_err(h2_to_io)?;
                     return Poll::Ready(Ok(n));
                 }
                 Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
@@ -168,7 +179,9 @@ mod tests {
         });
         let (mut client, conn) = client_builder(8).handshake::<_, Bytes>(a).await.unwrap();
         tokio::spawn(conn);
-        let (resp, send) = client.send_request(Request::post("/").body(()).unwrap(), false).unwrap();
+        let (resp, send) = client
+            .send_request(Request::post("/").body(()).unwrap(), false)
+            .unwrap();
         let server = server.await.unwrap();
         let recv = resp.await.unwrap().into_body();
         (H2Stream::new(send, recv), server)

@@ -35,7 +35,10 @@ pub struct Issued {
 
 impl std::fmt::Debug for Issued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Issued").field("cert_pem", &self.cert_pem).field("key_pem", &"MASKED").finish()
+        f.debug_struct("Issued")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"MASKED")
+            .finish()
     }
 }
 
@@ -64,12 +67,25 @@ impl Ca {
         params.distinguished_name.push(DnType::CommonName, common_name);
         params.distinguished_name.push(DnType::OrganizationName, "Tether");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         set_validity(&mut params, validity);
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        let issued = Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() };
-        Ok((Self { cert_pem: issued.cert_pem.clone(), issuer: Issuer::new(params, key) }, issued))
+        let issued = Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok((
+            Self {
+                cert_pem: issued.cert_pem.clone(),
+                issuer: Issuer::new(params, key),
+            },
+            issued,
+        ))
     }
 
     /// Loads a CA from its PEM certificate and PEM private key.
@@ -79,7 +95,10 @@ impl Ca {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(Self { cert_pem: cert_pem.to_owned(), issuer })
+        Ok(Self {
+            cert_pem: cert_pem.to_owned(),
+            issuer,
+        })
     }
 
     /// The CA certificate, PEM (the trust bundle for relays, agents and clients).
@@ -98,7 +117,9 @@ impl Ca {
         validity: std::time::Duration,
     ) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, device.to_string());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, device.to_string());
         params.subject_alt_names = vec![SanType::URI(device.spiffe_id(trust_domain).try_into()?)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -117,8 +138,12 @@ impl Ca {
         validity: std::time::Duration,
     ) -> Result<Issued, PkiError> {
         let mut params = CertificateParams::new(dns_names.to_vec())?;
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        params.distinguished_name.push(DnType::CommonName, dns_names.first().cloned().unwrap_or_default());
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, dns_names.first().cloned().unwrap_or_default());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         set_validity(&mut params, validity);
@@ -128,7 +153,10 @@ impl Ca {
     fn sign(&self, params: CertificateParams) -> Result<Issued, PkiError> {
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -162,7 +190,10 @@ mod tests {
         let dev = DeviceKey::parse("factory-1/pump-7").unwrap();
         let issued = ca.issue_device(&dev, "tether.local", DAY).unwrap();
         let certs = crate::tls::parse_certs("device cert", "test", issued.cert_pem.as_bytes()).unwrap();
-        assert_eq!(crate::tls::uri_sans(&certs[0]), vec![dev.spiffe_id("tether.local")]);
+        assert_eq!(
+            crate::tls::uri_sans(&certs[0]),
+            vec![dev.spiffe_id("tether.local")]
+        );
         let expiry = not_after_unix(&issued.cert_pem).unwrap();
         let now = OffsetDateTime::now_utc().unix_timestamp();
         assert!((now + 86_000..now + 86_500).contains(&expiry));
@@ -173,6 +204,12 @@ mod tests {
     fn rejects_malformed_ca() {
         assert!(Ca::from_pem("not a cert", "not a key").is_err());
         let (_, a) = Ca::generate("a", DAY).unwrap();
-        assert!(Ca::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", &a.key_pem).is_err());
+        assert!(
+            Ca::from_pem(
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                &a.key_pem
+            )
+            .is_err()
+        );
     }
 }

@@ -72,7 +72,10 @@ fn read_nonempty(what: &'static str, path: &Path) -> Result<Vec<u8>> {
         source,
     })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(TlsError::Empty { what, path: path.display().to_string() });
+        return Err(TlsError::Empty {
+            what,
+            path: path.display().to_string(),
+        });
     }
     Ok(bytes)
 }
@@ -82,9 +85,15 @@ fn read_nonempty(what: &'static str, path: &Path) -> Result<Vec<u8>> {
 /// # Errors
 /// When the text holds no certificate.
 pub fn parse_certs(what: &'static str, origin: &str, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem).filter_map(|c| c.ok()).collect();
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .filter_map(|c| c.ok())
+        .collect();
     if certs.is_empty() {
-        return Err(TlsError::BadPem { what, path: origin.to_owned(), kind: "CERTIFICATE" });
+        return Err(TlsError::BadPem {
+            what,
+            path: origin.to_owned(),
+            kind: "CERTIFICATE",
+        });
     }
     Ok(certs)
 }
@@ -152,9 +161,10 @@ pub fn relay_server_config(
     client_cas: &[CertificateDer<'static>],
 ) -> Result<ServerConfig> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(client_cas)?), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(client_cas)?), provider.clone())
+            .allow_unauthenticated()
+            .build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -190,7 +200,10 @@ pub fn agent_client_config(
 ///
 /// # Errors
 /// When the CA bundle is unusable or the name is invalid.
-pub fn service_client_config(relay_cas: &[CertificateDer<'static>], relay_name: &str) -> Result<ClientConfig> {
+pub fn service_client_config(
+    relay_cas: &[CertificateDer<'static>],
+    relay_name: &str,
+) -> Result<ClientConfig> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -214,8 +227,8 @@ impl RelayNameVerifier {
     /// # Errors
     /// When `relay_name` is not a DNS name or IP address, or `cas` is unusable.
     pub fn new(cas: &[CertificateDer<'static>], relay_name: &str) -> Result<Arc<Self>> {
-        let relay_name =
-            ServerName::try_from(relay_name.to_owned()).map_err(|_| TlsError::BadName(relay_name.to_owned()))?;
+        let relay_name = ServerName::try_from(relay_name.to_owned())
+            .map_err(|_| TlsError::BadName(relay_name.to_owned()))?;
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(root_store(cas)?), provider())
             .build()
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
@@ -232,7 +245,8 @@ impl ServerCertVerifier for RelayNameVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner.verify_server_cert(end_entity, intermediates, &self.relay_name, ocsp_response, now)
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.relay_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -261,8 +275,12 @@ impl ServerCertVerifier for RelayNameVerifier {
 /// The URI SANs of a (verified) leaf certificate.
 pub fn uri_sans(leaf: &CertificateDer<'_>) -> Vec<String> {
     use x509_parser::prelude::*;
-    let Ok((_, cert)) = X509Certificate::from_der(leaf) else { return Vec::new() };
-    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    let Ok((_, cert)) = X509Certificate::from_der(leaf) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
     san.value
         .general_names
         .iter()

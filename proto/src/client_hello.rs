@@ -154,7 +154,9 @@ fn parse_body(body: &[u8]) -> Result<ClientHelloInfo, ClientHelloError> {
                         let name = std::str::from_utf8(name)
                             .map_err(|_| ClientHelloError::Malformed("server name is not UTF-8"))?;
                         if !name.is_ascii() || name.is_empty() {
-                            return Err(ClientHelloError::Malformed("server name is not an ASCII host name"));
+                            return Err(ClientHelloError::Malformed(
+                                "server name is not an ASCII host name",
+                            ));
                         }
                         info.server_name = Some(name.to_owned());
                     }
@@ -219,7 +221,9 @@ mod tests {
         for cut in 0..wire.len() {
             assert_eq!(parse(&wire[..cut]).unwrap(), Peeked::Incomplete, "cut at {cut}");
         }
-        let Peeked::Complete(info) = parse(&wire).unwrap() else { panic!() };
+        let Peeked::Complete(info) = parse(&wire).unwrap() else {
+            panic!()
+        };
         assert_eq!(info.server_name.as_deref(), Some("pump.ns.relay.local"));
         assert_eq!(info.alpn, vec![b"tether/1".to_vec(), b"h2".to_vec()]);
     }
@@ -235,16 +239,27 @@ mod tests {
         split.extend_from_slice(&[CONTENT_HANDSHAKE, 3, 3]);
         split.extend_from_slice(&(b.len() as u16).to_be_bytes());
         split.extend_from_slice(b);
-        let Peeked::Complete(info) = parse(&split).unwrap() else { panic!() };
+        let Peeked::Complete(info) = parse(&split).unwrap() else {
+            panic!()
+        };
         assert_eq!(info.server_name.as_deref(), Some("pump.ns.relay.local"));
     }
 
     #[test]
     fn rejects_non_tls() {
         assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Err(ClientHelloError::NotTls));
-        assert_eq!(parse(&[22, 3, 1, 0, 0]), Err(ClientHelloError::Malformed("bad record length")));
-        assert_eq!(parse(&[22, 3, 1, 0, 4, 2, 0, 0, 0]), Err(ClientHelloError::NotClientHello));
-        assert_eq!(parse(&[22, 3, 1, 0, 4, 1, 0xff, 0xff, 0xff]), Err(ClientHelloError::TooLarge));
+        assert_eq!(
+            parse(&[22, 3, 1, 0, 0]),
+            Err(ClientHelloError::Malformed("bad record length"))
+        );
+        assert_eq!(
+            parse(&[22, 3, 1, 0, 4, 2, 0, 0, 0]),
+            Err(ClientHelloError::NotClientHello)
+        );
+        assert_eq!(
+            parse(&[22, 3, 1, 0, 4, 1, 0xff, 0xff, 0xff]),
+            Err(ClientHelloError::TooLarge)
+        );
     }
 
     #[test]

@@ -107,7 +107,15 @@ pub fn parse_connect(buf: &[u8]) -> Result<Parsed<ConnectRequest>, HeadError> {
         .ok_or(HeadError::MissingToken)?
         .to_owned();
     let traceparent = header(crate::HEADER_TRACEPARENT).map(str::to_owned);
-    Ok(Parsed::Complete(ConnectRequest { device, port, token, traceparent }, used))
+    Ok(Parsed::Complete(
+        ConnectRequest {
+            device,
+            port,
+            token,
+            traceparent,
+        },
+        used,
+    ))
 }
 
 fn parse_target(target: &str) -> Result<(DeviceKey, u16), HeadError> {
@@ -122,7 +130,8 @@ fn parse_target(target: &str) -> Result<(DeviceKey, u16), HeadError> {
 /// Encodes a CONNECT request head for `device:port` with `token`.
 pub fn encode_connect(device: &DeviceKey, port: u16, token: &str, traceparent: Option<&str>) -> Vec<u8> {
     let target = format!("{}.{}:{}", device.name(), device.namespace(), port);
-    let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nAuthorization: Bearer {token}\r\n");
+    let mut head =
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nAuthorization: Bearer {token}\r\n");
     if let Some(tp) = traceparent {
         head.push_str(&format!("traceparent: {tp}\r\n"));
     }
@@ -182,7 +191,13 @@ pub fn parse_response(buf: &[u8]) -> Result<Parsed<ConnectResponse>, HeadError> 
                 .find(|h| h.name.eq_ignore_ascii_case(HEADER_ERROR))
                 .and_then(|h| std::str::from_utf8(h.value).ok())
                 .map(str::to_owned);
-            Ok(Parsed::Complete(ConnectResponse { status: resp.code.unwrap_or_default(), reason }, used))
+            Ok(Parsed::Complete(
+                ConnectResponse {
+                    status: resp.code.unwrap_or_default(),
+                    reason,
+                },
+                used,
+            ))
         }
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_LEN => Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => Ok(Parsed::Incomplete),
@@ -204,7 +219,9 @@ mod tests {
         let mut wire = encode_connect(&key(), 22, "tok.en.sig", Some("00-abc-def-01"));
         let head_len = wire.len();
         wire.extend_from_slice(b"SSH-2.0-OpenSSH");
-        let Parsed::Complete(req, used) = parse_connect(&wire).unwrap() else { panic!("incomplete") };
+        let Parsed::Complete(req, used) = parse_connect(&wire).unwrap() else {
+            panic!("incomplete")
+        };
         assert_eq!(used, head_len);
         assert_eq!(req.device, key());
         assert_eq!(req.port, 22);
@@ -217,35 +234,75 @@ mod tests {
     fn rejects_bad_requests() {
         let cases: &[(&[u8], u16)] = &[
             (b"GET / HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n", 405),
-            (b"CONNECT pump:22 HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n", 400),
-            (b"CONNECT pump.ns:0 HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n", 400),
-            (b"CONNECT pump.ns:99999 HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n", 400),
-            (b"CONNECT Pump.ns:22 HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n", 400),
+            (
+                b"CONNECT pump:22 HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n",
+                400,
+            ),
+            (
+                b"CONNECT pump.ns:0 HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n",
+                400,
+            ),
+            (
+                b"CONNECT pump.ns:99999 HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n",
+                400,
+            ),
+            (
+                b"CONNECT Pump.ns:22 HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n",
+                400,
+            ),
             (b"CONNECT pump.ns:22 HTTP/1.1\r\n\r\n", 401),
-            (b"CONNECT pump.ns:22 HTTP/1.1\r\nAuthorization: Basic x\r\n\r\n", 401),
-            (b"CONNECT pump.ns:22 HTTP/1.1\r\nAuthorization: Bearer  \r\n\r\n", 401),
+            (
+                b"CONNECT pump.ns:22 HTTP/1.1\r\nAuthorization: Basic x\r\n\r\n",
+                401,
+            ),
+            (
+                b"CONNECT pump.ns:22 HTTP/1.1\r\nAuthorization: Bearer  \r\n\r\n",
+                401,
+            ),
             (b"\x16\x03\x01garbage\r\n\r\n", 400),
         ];
         for (wire, status) in cases {
             let err = parse_connect(wire).unwrap_err();
-            assert_eq!(err.status(), *status, "{:?} gave {err}", String::from_utf8_lossy(wire));
+            assert_eq!(
+                err.status(),
+                *status,
+                "{:?} gave {err}",
+                String::from_utf8_lossy(wire)
+            );
         }
-        let huge = [b"CONNECT pump.ns:22 HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_HEAD_LEN]].concat();
+        let huge = [
+            b"CONNECT pump.ns:22 HTTP/1.1\r\nX: ".as_slice(),
+            &[b'a'; MAX_HEAD_LEN],
+        ]
+        .concat();
         assert_eq!(parse_connect(&huge), Err(HeadError::TooLarge));
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: y\r\n")).collect();
         let many = format!("CONNECT pump.ns:22 HTTP/1.1\r\n{many}\r\n");
-        assert!(matches!(parse_connect(many.as_bytes()), Err(HeadError::Malformed(_))));
+        assert!(matches!(
+            parse_connect(many.as_bytes()),
+            Err(HeadError::Malformed(_))
+        ));
     }
 
     #[test]
     fn response_round_trip() {
         let mut wire = encode_established().to_vec();
         wire.extend_from_slice(b"tail");
-        let Parsed::Complete(resp, used) = parse_response(&wire).unwrap() else { panic!() };
-        assert_eq!((resp.status, resp.reason, &wire[used..]), (200, None, &b"tail"[..]));
+        let Parsed::Complete(resp, used) = parse_response(&wire).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (resp.status, resp.reason, &wire[used..]),
+            (200, None, &b"tail"[..])
+        );
         let wire = encode_refusal(403, "token_expired", "the stream token has expired");
-        let Parsed::Complete(resp, _) = parse_response(&wire).unwrap() else { panic!() };
-        assert_eq!((resp.status, resp.reason.as_deref()), (403, Some("token_expired")));
+        let Parsed::Complete(resp, _) = parse_response(&wire).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (resp.status, resp.reason.as_deref()),
+            (403, Some("token_expired"))
+        );
     }
 
     #[test]

@@ -23,7 +23,9 @@ pub enum NameError {
         len: usize,
     },
     /// The label contains something other than `a-z`, `0-9` and inner `-`.
-    #[error("{what} {value:?} must be a DNS label: lower-case letters, digits and '-', starting and ending with a letter or digit")]
+    #[error(
+        "{what} {value:?} must be a DNS label: lower-case letters, digits and '-', starting and ending with a letter or digit"
+    )]
     NotDnsLabel {
         /// Which part of the name.
         what: &'static str,
@@ -55,15 +57,23 @@ pub enum NameError {
 /// [`NameError::BadLength`] or [`NameError::NotDnsLabel`].
 pub fn validate_dns_label(what: &'static str, value: &str) -> Result<(), NameError> {
     if value.is_empty() || value.len() > MAX_LABEL_LEN {
-        return Err(NameError::BadLength { what, len: value.len() });
+        return Err(NameError::BadLength {
+            what,
+            len: value.len(),
+        });
     }
     let bytes = value.as_bytes();
-    let ok_inner = bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    let ok_inner = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
     let ok_ends = bytes[0] != b'-' && bytes[bytes.len() - 1] != b'-';
     if ok_inner && ok_ends {
         Ok(())
     } else {
-        Err(NameError::NotDnsLabel { what, value: value.chars().take(MAX_LABEL_LEN).collect() })
+        Err(NameError::NotDnsLabel {
+            what,
+            value: value.chars().take(MAX_LABEL_LEN).collect(),
+        })
     }
 }
 
@@ -82,7 +92,10 @@ impl DeviceKey {
     pub fn new(namespace: &str, name: &str) -> Result<Self, NameError> {
         validate_dns_label("namespace", namespace)?;
         validate_dns_label("device name", name)?;
-        Ok(Self { namespace: namespace.to_owned(), name: name.to_owned() })
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
     }
 
     /// Parses `<namespace>/<name>`.
@@ -92,7 +105,9 @@ impl DeviceKey {
     pub fn parse(text: &str) -> Result<Self, NameError> {
         match text.split_once('/') {
             Some((ns, name)) if !name.contains('/') => Self::new(ns, name),
-            _ => Err(NameError::BadDeviceKey(text.chars().take(2 * MAX_LABEL_LEN + 1).collect())),
+            _ => Err(NameError::BadDeviceKey(
+                text.chars().take(2 * MAX_LABEL_LEN + 1).collect(),
+            )),
         }
     }
 
@@ -139,7 +154,10 @@ impl DeviceKey {
 
     /// The device's SPIFFE identity, carried as the URI SAN of its client certificate.
     pub fn spiffe_id(&self, trust_domain: &str) -> String {
-        format!("spiffe://{}/ns/{}/device/{}", trust_domain, self.namespace, self.name)
+        format!(
+            "spiffe://{}/ns/{}/device/{}",
+            trust_domain, self.namespace, self.name
+        )
     }
 
     /// Parses a SPIFFE device identity issued for `trust_domain`.
@@ -185,8 +203,14 @@ mod tests {
         assert_eq!(key.to_string(), "factory-1/pump-7");
         let sni = key.server_name("relay.example.com");
         assert_eq!(sni, "pump-7.factory-1.relay.example.com");
-        assert_eq!(DeviceKey::from_server_name(&sni, "relay.example.com").unwrap(), key);
-        assert_eq!(DeviceKey::from_server_name("PUMP-7.Factory-1.relay.example.com.", "relay.example.com").unwrap(), key);
+        assert_eq!(
+            DeviceKey::from_server_name(&sni, "relay.example.com").unwrap(),
+            key
+        );
+        assert_eq!(
+            DeviceKey::from_server_name("PUMP-7.Factory-1.relay.example.com.", "relay.example.com").unwrap(),
+            key
+        );
         let id = key.spiffe_id("tether.local");
         assert_eq!(id, "spiffe://tether.local/ns/factory-1/device/pump-7");
         assert_eq!(DeviceKey::from_spiffe_id(&id, "tether.local").unwrap(), key);
@@ -224,7 +248,10 @@ mod tests {
             "https://tether.local/ns/a/device/b",
             "spiffe://tether.localx/ns/a/device/b",
         ] {
-            assert!(DeviceKey::from_spiffe_id(bad, "tether.local").is_err(), "{bad:?} accepted");
+            assert!(
+                DeviceKey::from_spiffe_id(bad, "tether.local").is_err(),
+                "{bad:?} accepted"
+            );
         }
     }
 }

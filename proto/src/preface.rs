@@ -56,7 +56,9 @@ pub enum PrefaceError {
     #[error("not a Tether preface (bad magic bytes): is the peer a Tether agent/relay?")]
     BadMagic,
     /// The peer speaks another protocol version.
-    #[error("unsupported protocol version {got} (this build speaks version {VERSION}): upgrade the older side")]
+    #[error(
+        "unsupported protocol version {got} (this build speaks version {VERSION}): upgrade the older side"
+    )]
     UnsupportedVersion {
         /// The version the peer sent.
         got: u8,
@@ -82,7 +84,11 @@ fn encode<T: Serialize>(magic: &[u8; 8], msg: &T, dst: &mut BytesMut) {
     // Serializing our own plain structs cannot fail; the length is bounded by construction in
     // practice, and checked so an oversized message is never sent.
     let body = serde_json::to_vec(msg).unwrap_or_default();
-    let body = if body.len() > MAX_BODY_LEN { b"{}".to_vec() } else { body };
+    let body = if body.len() > MAX_BODY_LEN {
+        b"{}".to_vec()
+    } else {
+        body
+    };
     dst.reserve(HEADER_LEN + body.len());
     dst.put_slice(magic);
     dst.put_u8(VERSION);
@@ -155,7 +161,10 @@ mod tests {
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn sample() -> Preface {
-        Preface { agent_version: "0.1.0".into(), features: vec![] }
+        Preface {
+            agent_version: "0.1.0".into(),
+            features: vec![],
+        }
     }
 
     #[test]
@@ -173,7 +182,11 @@ mod tests {
             }
         }
         assert_eq!(out.unwrap(), sample());
-        let reply = PrefaceReply { accepted: false, message: "nope".into(), relay_version: "1".into() };
+        let reply = PrefaceReply {
+            accepted: false,
+            message: "nope".into(),
+            relay_version: "1".into(),
+        };
         let mut wire = BytesMut::new();
         reply.encode(&mut wire);
         assert_eq!(PrefaceReply::decode(&mut wire).unwrap(), Decoded::Complete(reply));
@@ -193,16 +206,25 @@ mod tests {
         assert_eq!(PrefaceReply::decode(&mut wrong_dir), Err(PrefaceError::BadMagic));
         let mut bad_version = wire.clone();
         bad_version[8] = 9;
-        assert_eq!(Preface::decode(&mut bad_version), Err(PrefaceError::UnsupportedVersion { got: 9 }));
+        assert_eq!(
+            Preface::decode(&mut bad_version),
+            Err(PrefaceError::UnsupportedVersion { got: 9 })
+        );
         let mut too_large = wire.clone();
         too_large[9..11].copy_from_slice(&u16::MAX.to_be_bytes());
-        assert_eq!(Preface::decode(&mut too_large), Err(PrefaceError::TooLarge(65535)));
+        assert_eq!(
+            Preface::decode(&mut too_large),
+            Err(PrefaceError::TooLarge(65535))
+        );
         let mut bad_body = BytesMut::new();
         bad_body.put_slice(AGENT_MAGIC);
         bad_body.put_u8(VERSION);
         bad_body.put_u16(3);
         bad_body.put_slice(b"{x}");
-        assert!(matches!(Preface::decode(&mut bad_body), Err(PrefaceError::BadBody(_))));
+        assert!(matches!(
+            Preface::decode(&mut bad_body),
+            Err(PrefaceError::BadBody(_))
+        ));
     }
 
     #[test]

@@ -23,10 +23,11 @@ pub fn weight(member: &str, device_key: &str) -> u64 {
 
 /// The member that owns `device_key`, or `None` when there are no members.
 pub fn owner<'a, M: AsRef<str>>(device_key: &str, members: &'a [M]) -> Option<&'a str> {
-    members
-        .iter()
-        .map(AsRef::as_ref)
-        .max_by(|a, b| weight(a, device_key).cmp(&weight(b, device_key)).then_with(|| b.cmp(a)))
+    members.iter().map(AsRef::as_ref).max_by(|a, b| {
+        weight(a, device_key)
+            .cmp(&weight(b, device_key))
+            .then_with(|| b.cmp(a))
+    })
 }
 
 #[cfg(test)]
@@ -38,7 +39,9 @@ mod tests {
     }
 
     fn devices() -> Vec<String> {
-        (0..10_000).map(|i| format!("factory-{}/pump-{i}", i % 7)).collect()
+        (0..10_000)
+            .map(|i| format!("factory-{}/pump-{i}", i % 7))
+            .collect()
     }
 
     #[test]
@@ -53,7 +56,10 @@ mod tests {
         // upgrade, and break third-party implementations) fails loudly.
         assert_eq!(weight("relay-0", "default/pump"), KNOWN_WEIGHT);
         let m = ["relay-0", "relay-1", "relay-2"];
-        let picks: Vec<_> = ["default/a", "default/b", "default/c", "x/y"].iter().map(|d| owner(d, &m).unwrap()).collect();
+        let picks: Vec<_> = ["default/a", "default/b", "default/c", "x/y"]
+            .iter()
+            .map(|d| owner(d, &m).unwrap())
+            .collect();
         assert_eq!(picks, KNOWN_PICKS);
     }
 
@@ -64,9 +70,15 @@ mod tests {
     #[test]
     fn order_of_members_does_not_matter() {
         let mut m = members(5);
-        let before: Vec<_> = devices().iter().map(|d| owner(d, &m).unwrap().to_owned()).collect();
+        let before: Vec<_> = devices()
+            .iter()
+            .map(|d| owner(d, &m).unwrap().to_owned())
+            .collect();
         m.reverse();
-        let after: Vec<_> = devices().iter().map(|d| owner(d, &m).unwrap().to_owned()).collect();
+        let after: Vec<_> = devices()
+            .iter()
+            .map(|d| owner(d, &m).unwrap().to_owned())
+            .collect();
         assert_eq!(before, after);
     }
 

@@ -12,7 +12,9 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD as B64};
 use ed25519_dalek::{
     Signature, Signer, SigningKey, VerifyingKey,
-    pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, spki::der::pem::LineEnding},
+    pkcs8::{
+        DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, spki::der::pem::LineEnding,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -153,7 +155,9 @@ impl std::fmt::Debug for TokenSigner {
 impl TokenSigner {
     /// Generates a fresh key from the OS random source.
     pub fn generate() -> Self {
-        Self { key: SigningKey::generate(&mut rand::rngs::OsRng) }
+        Self {
+            key: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
     }
 
     /// Loads a PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`) Ed25519 key.
@@ -163,7 +167,10 @@ impl TokenSigner {
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
         SigningKey::from_pkcs8_pem(pem)
             .map(|key| Self { key })
-            .map_err(|e| KeyError { kind: "private", detail: e.to_string() })
+            .map_err(|e| KeyError {
+                kind: "private",
+                detail: e.to_string(),
+            })
     }
 
     /// The key as PKCS#8 PEM. Secret: write it only to files with mode 0600 or to Secrets.
@@ -176,7 +183,9 @@ impl TokenSigner {
 
     /// The matching public key.
     pub fn verifier(&self) -> TokenVerifier {
-        TokenVerifier { key: self.key.verifying_key() }
+        TokenVerifier {
+            key: self.key.verifying_key(),
+        }
     }
 
     /// Signs `claims` into a compact JWS.
@@ -209,7 +218,10 @@ impl TokenVerifier {
     pub fn from_public_key_pem(pem: &str) -> Result<Self, KeyError> {
         VerifyingKey::from_public_key_pem(pem)
             .map(|key| Self { key })
-            .map_err(|e| KeyError { kind: "public", detail: e.to_string() })
+            .map_err(|e| KeyError {
+                kind: "public",
+                detail: e.to_string(),
+            })
     }
 
     /// The key as SPKI PEM.
@@ -260,35 +272,48 @@ impl TokenVerifier {
             .decode(payload)
             .ok()
             .and_then(|p| serde_json::from_slice(&p).ok())
-            .ok_or(TokenError::Malformed("claims are not base64url JSON of the expected shape"))?;
+            .ok_or(TokenError::Malformed(
+                "claims are not base64url JSON of the expected shape",
+            ))?;
         check_claims(&claims, audience, now, skew_secs.min(MAX_CLOCK_SKEW_SECS))?;
         Ok(claims)
     }
 }
 
 fn check_claims(claims: &StreamClaims, audience: &str, now: u64, skew: u64) -> Result<(), TokenError> {
-    claims.device_key().map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
+    claims
+        .device_key()
+        .map_err(|e| TokenError::InvalidClaims(e.to_string()))?;
     if claims.port == 0 {
         return Err(TokenError::InvalidClaims("port 0".into()));
     }
     if claims.stream_uid.is_empty() || claims.stream_uid.len() > 128 {
-        return Err(TokenError::InvalidClaims("stream UID must be 1-128 characters".into()));
+        return Err(TokenError::InvalidClaims(
+            "stream UID must be 1-128 characters".into(),
+        ));
     }
-    if claims.expires_at <= claims.not_before
-        || claims.expires_at - claims.not_before > MAX_LIFETIME_SECS
-    {
+    if claims.expires_at <= claims.not_before || claims.expires_at - claims.not_before > MAX_LIFETIME_SECS {
         return Err(TokenError::InvalidClaims(format!(
             "lifetime must be between 1 s and {MAX_LIFETIME_SECS} s"
         )));
     }
     if claims.audience != audience {
-        return Err(TokenError::WrongAudience { got: claims.audience.clone(), expected: audience.to_owned() });
+        return Err(TokenError::WrongAudience {
+            got: claims.audience.clone(),
+            expected: audience.to_owned(),
+        });
     }
     if now >= claims.expires_at.saturating_add(skew) {
-        return Err(TokenError::Expired { expires_at: claims.expires_at, now });
+        return Err(TokenError::Expired {
+            expires_at: claims.expires_at,
+            now,
+        });
     }
     if now.saturating_add(skew) < claims.not_before {
-        return Err(TokenError::NotYetValid { not_before: claims.not_before, now });
+        return Err(TokenError::NotYetValid {
+            not_before: claims.not_before,
+            now,
+        });
     }
     Ok(())
 }
@@ -319,7 +344,10 @@ mod tests {
         let token = signer.sign(&claims());
         let signer = TokenSigner::from_pkcs8_pem(&signer.to_pkcs8_pem()).unwrap();
         let verifier = TokenVerifier::from_public_key_pem(&signer.verifier().to_public_key_pem()).unwrap();
-        assert_eq!(verifier.verify(&token, "relay.example.com", NOW + 1, 30).unwrap(), claims());
+        assert_eq!(
+            verifier.verify(&token, "relay.example.com", NOW + 1, 30).unwrap(),
+            claims()
+        );
         assert_eq!(format!("{signer:?}"), "TokenSigner(MASKED)");
     }
 
@@ -329,13 +357,25 @@ mod tests {
         let v = signer.verifier();
         let token = signer.sign(&claims());
         let aud = "relay.example.com";
-        assert!(matches!(v.verify(&token, aud, NOW + 600, 0), Err(TokenError::Expired { .. })));
+        assert!(matches!(
+            v.verify(&token, aud, NOW + 600, 0),
+            Err(TokenError::Expired { .. })
+        ));
         assert!(v.verify(&token, aud, NOW + 620, 30).is_ok());
-        assert!(matches!(v.verify(&token, aud, NOW + 630, 30), Err(TokenError::Expired { .. })));
-        assert!(matches!(v.verify(&token, aud, NOW - 10, 0), Err(TokenError::NotYetValid { .. })));
+        assert!(matches!(
+            v.verify(&token, aud, NOW + 630, 30),
+            Err(TokenError::Expired { .. })
+        ));
+        assert!(matches!(
+            v.verify(&token, aud, NOW - 10, 0),
+            Err(TokenError::NotYetValid { .. })
+        ));
         assert!(v.verify(&token, aud, NOW - 10, 30).is_ok());
         // Skew is clamped: a huge tolerance cannot resurrect a day-old token.
-        assert!(matches!(v.verify(&token, aud, NOW + 86_400, u64::MAX), Err(TokenError::Expired { .. })));
+        assert!(matches!(
+            v.verify(&token, aud, NOW + 86_400, u64::MAX),
+            Err(TokenError::Expired { .. })
+        ));
     }
 
     #[test]
@@ -355,14 +395,41 @@ mod tests {
         let tampered = format!("{header}.{evil_payload}.{}", token.rsplit('.').next().unwrap());
         assert_eq!(v.verify(&tampered, aud, NOW, 0), Err(TokenError::BadSignature));
         // alg=none and HS256 are refused before any signature work.
-        for alg in [r#"{"alg":"none"}"#, r#"{"alg":"HS256","typ":"JWT"}"#, r#"{"alg":"EdDSA","crit":["x"]}"#] {
-            let forged = format!("{}.{}.{}", B64.encode(alg), input.split('.').nth(1).unwrap(), B64.encode([0u8; 64]));
-            assert_eq!(v.verify(&forged, aud, NOW, 0), Err(TokenError::UnsupportedAlgorithm));
+        for alg in [
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            r#"{"alg":"EdDSA","crit":["x"]}"#,
+        ] {
+            let forged = format!(
+                "{}.{}.{}",
+                B64.encode(alg),
+                input.split('.').nth(1).unwrap(),
+                B64.encode([0u8; 64])
+            );
+            assert_eq!(
+                v.verify(&forged, aud, NOW, 0),
+                Err(TokenError::UnsupportedAlgorithm)
+            );
         }
-        assert!(matches!(v.verify(&token, "other.example.com", NOW, 0), Err(TokenError::WrongAudience { .. })));
-        assert_eq!(v.verify(&"a".repeat(5000), aud, NOW, 0), Err(TokenError::TooLarge));
-        for junk in ["", "a.b", "a.b.c.d", "!!.!!.!!", &format!("{}.e30.AA", B64.encode(HEADER))] {
-            assert!(matches!(v.verify(junk, aud, NOW, 0), Err(TokenError::Malformed(_))), "{junk}");
+        assert!(matches!(
+            v.verify(&token, "other.example.com", NOW, 0),
+            Err(TokenError::WrongAudience { .. })
+        ));
+        assert_eq!(
+            v.verify(&"a".repeat(5000), aud, NOW, 0),
+            Err(TokenError::TooLarge)
+        );
+        for junk in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "!!.!!.!!",
+            &format!("{}.e30.AA", B64.encode(HEADER)),
+        ] {
+            assert!(
+                matches!(v.verify(junk, aud, NOW, 0), Err(TokenError::Malformed(_))),
+                "{junk}"
+            );
         }
     }
 
@@ -378,7 +445,10 @@ mod tests {
         bad_name.device = "Pump_7".into();
         for c in [long, port0, bad_name] {
             let t = signer.sign(&c);
-            assert!(matches!(v.verify(&t, "relay.example.com", NOW, 0), Err(TokenError::InvalidClaims(_))));
+            assert!(matches!(
+                v.verify(&t, "relay.example.com", NOW, 0),
+                Err(TokenError::InvalidClaims(_))
+            ));
         }
     }
 }

@@ -57,13 +57,27 @@ fn route(path: &str, registry: &Registry, ready: &AtomicBool) -> Response<Full<B
             let encoder = TextEncoder::new();
             match encoder.encode(&registry.gather(), &mut buf) {
                 Ok(()) => (StatusCode::OK, encoder.format_type().to_owned(), buf),
-                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, "text/plain".into(), e.to_string().into_bytes()),
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain".into(),
+                    e.to_string().into_bytes(),
+                ),
             }
         }
-        "/ready" if ready.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain".into(), b"ready\n".to_vec()),
-        "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain".into(), b"not ready\n".to_vec()),
+        "/ready" if ready.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "text/plain".into(), b"ready\n".to_vec())
+        }
+        "/ready" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain".into(),
+            b"not ready\n".to_vec(),
+        ),
         "/live" => (StatusCode::OK, "text/plain".into(), b"live\n".to_vec()),
-        _ => (StatusCode::NOT_FOUND, "text/plain".into(), b"not found\n".to_vec()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain".into(),
+            b"not found\n".to_vec(),
+        ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;

@@ -103,8 +103,12 @@ impl Args {
             drain_deadline,
             ..Limits::default()
         };
-        let files =
-            TlsFiles { cert: &tls_cert, key: &tls_key, client_ca: &client_ca, token_public_key: &token_public_key };
+        let files = TlsFiles {
+            cert: &tls_cert,
+            key: &tls_key,
+            client_ca: &client_ca,
+            token_public_key: &token_public_key,
+        };
         RelayConfig::load(listen, admin_listen, &relay_domain, &trust_domain, files, limits)
     }
 }

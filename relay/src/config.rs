@@ -127,28 +127,35 @@ impl RelayConfig {
         for (what, value) in [("relay domain", relay_domain), ("trust domain", trust_domain)] {
             let valid = !value.is_empty()
                 && value.len() <= 253
-                && value.split('.').all(|l| tether_proto::name::validate_dns_label("label", l).is_ok());
+                && value
+                    .split('.')
+                    .all(|l| tether_proto::name::validate_dns_label("label", l).is_ok());
             if !valid {
-                return Err(ConfigError::BadDomain { what, value: value.to_owned() });
+                return Err(ConfigError::BadDomain {
+                    what,
+                    value: value.to_owned(),
+                });
             }
         }
         let chain = tls::load_certs("serving certificate", files.cert)?;
         let key = tls::load_key("serving key", files.key)?;
         let client_cas = tls::load_certs("client CA bundle", files.client_ca)?;
-        let token_pem = std::fs::read_to_string(files.token_public_key).map_err(|e| ConfigError::TokenKey {
-            path: files.token_public_key.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let token_pem =
+            std::fs::read_to_string(files.token_public_key).map_err(|e| ConfigError::TokenKey {
+                path: files.token_public_key.display().to_string(),
+                detail: e.to_string(),
+            })?;
         if token_pem.trim().is_empty() {
             return Err(ConfigError::TokenKey {
                 path: files.token_public_key.display().to_string(),
                 detail: "file is empty".into(),
             });
         }
-        let token_verifier = TokenVerifier::from_public_key_pem(&token_pem).map_err(|e| ConfigError::TokenKey {
-            path: files.token_public_key.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let token_verifier =
+            TokenVerifier::from_public_key_pem(&token_pem).map_err(|e| ConfigError::TokenKey {
+                path: files.token_public_key.display().to_string(),
+                detail: e.to_string(),
+            })?;
         Ok(Self {
             listen,
             admin_listen,

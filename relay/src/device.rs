@@ -30,15 +30,24 @@ const RELAY_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Serves one device connection until it closes, is replaced, or the relay stops.
 pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
-    let Accepted { mut tls, sni_device, deadline, pending } = accepted;
+    let Accepted {
+        mut tls,
+        sni_device,
+        deadline,
+        pending,
+    } = accepted;
     let admitted = timeout_at(deadline, admit(&shared, &mut tls, sni_device)).await;
     let (device, preface) = match admitted {
         Ok(Ok(ok)) => ok,
         Ok(Err(f)) => {
             // Tell the agent why, best effort, then close.
             let mut reply = BytesMut::new();
-            PrefaceReply { accepted: false, message: f.detail.clone(), relay_version: RELAY_VERSION.into() }
-                .encode(&mut reply);
+            PrefaceReply {
+                accepted: false,
+                message: f.detail.clone(),
+                relay_version: RELAY_VERSION.into(),
+            }
+            .encode(&mut reply);
             let _ = timeout_at(deadline, async {
                 let _ = tls.write_all(&reply).await;
                 let _ = tls.shutdown().await;
@@ -46,18 +55,35 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
             .await;
             return report(&shared, f);
         }
-        Err(_) => return report(&shared, Failure::new(Side::Device, "handshake_timeout", "device preface")),
+        Err(_) => {
+            return report(
+                &shared,
+                Failure::new(Side::Device, "handshake_timeout", "device preface"),
+            );
+        }
     };
     let limits = &shared.config.limits;
-    let handshake = timeout_at(deadline, h2io::client_builder(limits.max_streams_per_device).handshake(tls)).await;
+    let handshake = timeout_at(
+        deadline,
+        h2io::client_builder(limits.max_streams_per_device).handshake(tls),
+    )
+    .await;
     let (send_request, mut conn) = match handshake {
         Ok(Ok(pair)) => pair,
         Ok(Err(e)) => return report(&shared, Failure::new(Side::Device, "http2", e)),
-        Err(_) => return report(&shared, Failure::new(Side::Device, "handshake_timeout", "HTTP/2 handshake")),
+        Err(_) => {
+            return report(
+                &shared,
+                Failure::new(Side::Device, "handshake_timeout", "HTTP/2 handshake"),
+            );
+        }
     };
     drop(pending);
     let Some(ping_pong) = conn.ping_pong() else {
-        return report(&shared, Failure::new(Side::Internal, "internal", "h2 ping handle taken"));
+        return report(
+            &shared,
+            Failure::new(Side::Internal, "internal", "h2 ping handle taken"),
+        );
     };
     let id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
     let closed = shared.hard_stop.child_token();
@@ -74,7 +100,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
             shared.metrics.sessions_replaced.inc();
             tracing::info!("device reconnected; replaced its previous session");
         }
-        shared.metrics.connected_devices.set(shared.registry.device_count() as i64);
+        shared
+            .metrics
+            .connected_devices
+            .set(shared.registry.device_count() as i64);
         tracing::info!(agent_version = %preface.agent_version, "device connected");
         let keepalive = keepalive(ping_pong, limits.keepalive_interval, limits.keepalive_timeout);
         let why = tokio::select! {
@@ -86,7 +115,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
             _ = closed.cancelled() => "session replaced or relay stopping".to_owned(),
         };
         shared.registry.remove(&device, id);
-        shared.metrics.connected_devices.set(shared.registry.device_count() as i64);
+        shared
+            .metrics
+            .connected_devices
+            .set(shared.registry.device_count() as i64);
         tracing::info!(reason = %why, "device disconnected");
     }
     .instrument(span)
@@ -106,31 +138,52 @@ async fn admit(
         .1
         .peer_certificates()
         .and_then(|c| c.first())
-        .ok_or_else(|| Failure::new(Side::Device, "no_client_certificate", "a device must present its client certificate"))?;
+        .ok_or_else(|| {
+            Failure::new(
+                Side::Device,
+                "no_client_certificate",
+                "a device must present its client certificate",
+            )
+        })?;
     let trust_domain = &shared.config.trust_domain;
-    let identities: Vec<DeviceKey> =
-        uri_sans(leaf).iter().filter_map(|uri| DeviceKey::from_spiffe_id(uri, trust_domain).ok()).collect();
+    let identities: Vec<DeviceKey> = uri_sans(leaf)
+        .iter()
+        .filter_map(|uri| DeviceKey::from_spiffe_id(uri, trust_domain).ok())
+        .collect();
     match identities.as_slice() {
         [identity] if *identity == sni_device => {}
         [identity] => {
             return Err(Failure::new(
                 Side::Device,
                 "identity_mismatch",
-                format!("certificate identity {identity} does not match the device named by SNI, {sni_device}"),
+                format!(
+                    "certificate identity {identity} does not match the device named by SNI, {sni_device}"
+                ),
             ));
         }
         _ => {
             return Err(Failure::new(
                 Side::Device,
                 "bad_identity",
-                format!("certificate must carry exactly one device identity spiffe://{trust_domain}/ns/<ns>/device/<name>"),
+                format!(
+                    "certificate must carry exactly one device identity spiffe://{trust_domain}/ns/<ns>/device/<name>"
+                ),
             ));
         }
     }
     let mut reply = BytesMut::new();
-    PrefaceReply { accepted: true, message: String::new(), relay_version: RELAY_VERSION.into() }.encode(&mut reply);
-    tls.write_all(&reply).await.map_err(|e| Failure::new(Side::Device, "io", e))?;
-    tls.flush().await.map_err(|e| Failure::new(Side::Device, "io", e))?;
+    PrefaceReply {
+        accepted: true,
+        message: String::new(),
+        relay_version: RELAY_VERSION.into(),
+    }
+    .encode(&mut reply);
+    tls.write_all(&reply)
+        .await
+        .map_err(|e| Failure::new(Side::Device, "io", e))?;
+    tls.flush()
+        .await
+        .map_err(|e| Failure::new(Side::Device, "io", e))?;
     Ok((sni_device, preface))
 }
 

@@ -34,7 +34,11 @@ pub(crate) struct Failure {
 
 impl Failure {
     pub fn new(side: Side, reason: &'static str, detail: impl ToString) -> Self {
-        Self { side, reason, detail: detail.to_string() }
+        Self {
+            side,
+            reason,
+            detail: detail.to_string(),
+        }
     }
 }
 
@@ -64,15 +68,28 @@ pub(crate) struct Accepted {
 /// Runs a connection from its first byte to its end.
 pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, permit: OwnedSemaphorePermit) {
     shared.metrics.pending_handshakes.inc();
-    let pending = Pending { _permit: permit, gauge: shared.metrics.pending_handshakes.clone() };
+    let pending = Pending {
+        _permit: permit,
+        gauge: shared.metrics.pending_handshakes.clone(),
+    };
     let deadline = Instant::now() + shared.config.limits.handshake_timeout;
     let (tls, sni_device) = match timeout_at(deadline, accept_tls(&shared, tcp)).await {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(f)) => return report(&shared, f),
-        Err(_) => return report(&shared, Failure::new(Side::Unknown, "handshake_timeout", "TLS handshake")),
+        Err(_) => {
+            return report(
+                &shared,
+                Failure::new(Side::Unknown, "handshake_timeout", "TLS handshake"),
+            );
+        }
     };
     let is_device = tls.get_ref().1.alpn_protocol() == Some(ALPN_DEVICE);
-    let accepted = Accepted { tls, sni_device, deadline, pending };
+    let accepted = Accepted {
+        tls,
+        sni_device,
+        deadline,
+        pending,
+    };
     if is_device {
         device::serve(shared, accepted).await;
     } else {
@@ -86,7 +103,10 @@ pub(crate) fn report(shared: &Shared, f: Failure) {
     tracing::info!(side = f.side.label(), reason = f.reason, detail = %f.detail, "connection refused");
 }
 
-async fn accept_tls(shared: &Shared, mut tcp: TcpStream) -> Result<(Tls, Result<DeviceKey, NameError>), Failure> {
+async fn accept_tls(
+    shared: &Shared,
+    mut tcp: TcpStream,
+) -> Result<(Tls, Result<DeviceKey, NameError>), Failure> {
     let mut buf = BytesMut::with_capacity(2048);
     let hello = loop {
         match client_hello::parse(&buf) {
@@ -95,12 +115,22 @@ async fn accept_tls(shared: &Shared, mut tcp: TcpStream) -> Result<(Tls, Result<
             Err(e) => return Err(Failure::new(Side::Unknown, "bad_client_hello", e)),
         }
         match tcp.read_buf(&mut buf).await {
-            Ok(0) => return Err(Failure::new(Side::Unknown, "closed_early", "peer closed before ClientHello")),
+            Ok(0) => {
+                return Err(Failure::new(
+                    Side::Unknown,
+                    "closed_early",
+                    "peer closed before ClientHello",
+                ));
+            }
             Ok(_) => {}
             Err(e) => return Err(Failure::new(Side::Unknown, "io", e)),
         }
     };
-    let side = if hello.alpn.iter().any(|p| p == ALPN_DEVICE) { Side::Device } else { Side::Service };
+    let side = if hello.alpn.iter().any(|p| p == ALPN_DEVICE) {
+        Side::Device
+    } else {
+        Side::Service
+    };
     let sni_device = match hello.server_name.as_deref() {
         Some(sni) => DeviceKey::from_server_name(sni, &shared.config.relay_domain),
         None => Err(NameError::NotUnderRelayDomain {

@@ -77,7 +77,9 @@ pub(crate) struct Shared {
 
 /// Seconds since the Unix epoch (token times are in these units).
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A bound, not yet running relay.
@@ -120,10 +122,18 @@ impl Relay {
     pub async fn bind(config: RelayConfig) -> Result<Self, Error> {
         let listener = TcpListener::bind(config.listen)
             .await
-            .map_err(|source| Error::Bind { what: "data port", addr: config.listen, source })?;
+            .map_err(|source| Error::Bind {
+                what: "data port",
+                addr: config.listen,
+                source,
+            })?;
         let admin = TcpListener::bind(config.admin_listen)
             .await
-            .map_err(|source| Error::Bind { what: "admin port", addr: config.admin_listen, source })?;
+            .map_err(|source| Error::Bind {
+                what: "admin port",
+                addr: config.admin_listen,
+                source,
+            })?;
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry)?;
         let shared = Arc::new(Shared {
@@ -136,7 +146,13 @@ impl Relay {
             next_session_id: AtomicU64::new(1),
             config,
         });
-        Ok(Self { shared, listener, admin, registry, ready: Arc::new(AtomicBool::new(false)) })
+        Ok(Self {
+            shared,
+            listener,
+            admin,
+            registry,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
     }
 
     /// The bound data address.
@@ -151,7 +167,9 @@ impl Relay {
 
     /// A handle for revocations and state queries.
     pub fn handle(&self) -> RelayHandle {
-        RelayHandle { shared: self.shared.clone() }
+        RelayHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The metrics registry (for embedding processes that serve their own metrics).
@@ -163,13 +181,23 @@ impl Relay {
     /// accepted for `drain_grace`, then devices get GOAWAY (their sessions close once their streams
     /// finish) and the relay waits up to `drain_deadline` before closing what is left.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { shared, listener, admin, registry, ready } = self;
+        let Self {
+            shared,
+            listener,
+            admin,
+            registry,
+            ready,
+        } = self;
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(admin::serve(admin, registry, ready.clone(), admin_stop.clone()));
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
-        let accept_task =
-            tokio::spawn(listener::accept_loop(listener, shared.clone(), tracker.clone(), stop_accepting.clone()));
+        let accept_task = tokio::spawn(listener::accept_loop(
+            listener,
+            shared.clone(),
+            tracker.clone(),
+            stop_accepting.clone(),
+        ));
         ready.store(true, Ordering::Relaxed);
         tracing::info!(relay_domain = %shared.config.relay_domain, "relay ready");
 
@@ -182,10 +210,16 @@ impl Relay {
         let _ = accept_task.await;
         let sessions = shared.registry.drain_all();
         shared.metrics.connected_devices.set(0);
-        tracing::info!(devices = sessions.len(), "sent GOAWAY to devices; waiting for streams to finish");
+        tracing::info!(
+            devices = sessions.len(),
+            "sent GOAWAY to devices; waiting for streams to finish"
+        );
         drop(sessions);
         tracker.close();
-        if tokio::time::timeout(limits.drain_deadline, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(limits.drain_deadline, tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 streams = shared.metrics.active_streams.get(),
                 "drain deadline passed; closing remaining connections"

@@ -41,12 +41,16 @@ pub(crate) async fn accept_loop(
 
 fn admit(shared: &Arc<Shared>, tracker: &TaskTracker, tcp: TcpStream, peer: SocketAddr) {
     let Ok(connection) = shared.connections.clone().try_acquire_owned() else {
-        shared.metrics.handshake_failed(Side::Unknown, "too_many_connections");
+        shared
+            .metrics
+            .handshake_failed(Side::Unknown, "too_many_connections");
         tracing::debug!(%peer, "refused: connection limit reached");
         return;
     };
     let Ok(pending) = shared.pending.clone().try_acquire_owned() else {
-        shared.metrics.handshake_failed(Side::Unknown, "too_many_pending_handshakes");
+        shared
+            .metrics
+            .handshake_failed(Side::Unknown, "too_many_pending_handshakes");
         tracing::debug!(%peer, "refused: pending-handshake limit reached");
         return;
     };

@@ -62,15 +62,24 @@ impl Metrics {
     /// When a metric with the same name is already registered.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let bytes = IntCounterVec::new(
-            Opts::new("tether_relay_bytes_total", "Bytes relayed through tunnels, by direction."),
+            Opts::new(
+                "tether_relay_bytes_total",
+                "Bytes relayed through tunnels, by direction.",
+            ),
             &["direction"],
         )?;
         let m = Self {
             bytes_to_device: bytes.with_label_values(&["service_to_device"]),
             bytes_to_service: bytes.with_label_values(&["device_to_service"]),
-            active_streams: IntGauge::new("tether_relay_active_streams", "Tunnelled connections currently open.")?,
+            active_streams: IntGauge::new(
+                "tether_relay_active_streams",
+                "Tunnelled connections currently open.",
+            )?,
             stream_setups: IntCounterVec::new(
-                Opts::new("tether_relay_stream_setups_total", "Stream setups by result (ok or refusal reason)."),
+                Opts::new(
+                    "tether_relay_stream_setups_total",
+                    "Stream setups by result (ok or refusal reason).",
+                ),
                 &["result"],
             )?,
             setup_seconds: Histogram::with_opts(
@@ -81,7 +90,10 @@ impl Metrics {
                 // 50 µs .. ~3.3 s: loopback setups take ~100 µs, WAN devices up to seconds.
                 .buckets(exponential_buckets(0.000_05, 2.0, 17)?),
             )?,
-            connected_devices: IntGauge::new("tether_relay_connected_devices", "Devices with a live session.")?,
+            connected_devices: IntGauge::new(
+                "tether_relay_connected_devices",
+                "Devices with a live session.",
+            )?,
             handshake_failures: IntCounterVec::new(
                 Opts::new(
                     "tether_relay_handshake_failures_total",
@@ -117,6 +129,8 @@ impl Metrics {
 
     /// Counts a handshake failure.
     pub fn handshake_failed(&self, side: Side, reason: &str) {
-        self.handshake_failures.with_label_values(&[side.label(), reason]).inc();
+        self.handshake_failures
+            .with_label_values(&[side.label(), reason])
+            .inc();
     }
 }

@@ -122,7 +122,11 @@ impl Registry {
     ///
     /// # Errors
     /// When the stream is revoked or at its limit.
-    pub fn open_connection(self: &Arc<Self>, uid: &str, limit: u32) -> Result<ConnectionGuard, StreamRefusal> {
+    pub fn open_connection(
+        self: &Arc<Self>,
+        uid: &str,
+        limit: u32,
+    ) -> Result<ConnectionGuard, StreamRefusal> {
         let mut inner = self.lock();
         if inner.revoked.contains_key(uid) {
             return Err(StreamRefusal::Revoked);
@@ -130,12 +134,19 @@ impl Registry {
         let entry = inner
             .streams
             .entry(uid.to_owned())
-            .or_insert_with(|| StreamEntry { connections: 0, cancel: CancellationToken::new() });
+            .or_insert_with(|| StreamEntry {
+                connections: 0,
+                cancel: CancellationToken::new(),
+            });
         if entry.connections >= limit {
             return Err(StreamRefusal::TooManyConnections);
         }
         entry.connections += 1;
-        Ok(ConnectionGuard { registry: self.clone(), uid: uid.to_owned(), cancel: entry.cancel.clone() })
+        Ok(ConnectionGuard {
+            registry: self.clone(),
+            uid: uid.to_owned(),
+            cancel: entry.cancel.clone(),
+        })
     }
 
     /// Revokes stream `uid`: refuses new connections until `until` (Unix seconds) and closes the
@@ -185,7 +196,10 @@ mod tests {
         let r = Arc::new(Registry::default());
         let a = r.open_connection("s1", 2).unwrap();
         let _b = r.open_connection("s1", 2).unwrap();
-        assert_eq!(r.open_connection("s1", 2).err(), Some(StreamRefusal::TooManyConnections));
+        assert_eq!(
+            r.open_connection("s1", 2).err(),
+            Some(StreamRefusal::TooManyConnections)
+        );
         drop(a);
         let c = r.open_connection("s1", 2).unwrap();
         r.revoke("s1", 100, 10);

@@ -37,13 +37,22 @@ struct Refusal {
 
 impl Refusal {
     fn new(status: u16, reason: &'static str, message: impl ToString) -> Self {
-        Self { status, reason, message: message.to_string() }
+        Self {
+            status,
+            reason,
+            message: message.to_string(),
+        }
     }
 }
 
 /// Serves one service connection: request, authorization, stream setup, splice.
 pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
-    let Accepted { mut tls, sni_device, deadline, pending } = accepted;
+    let Accepted {
+        mut tls,
+        sni_device,
+        deadline,
+        pending,
+    } = accepted;
     let (request, leftover) = match timeout_at(deadline, read_request(&mut tls)).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(ReadError::Head(e))) => {
@@ -56,7 +65,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
             return refuse(&shared, tls, Refusal::new(e.status(), reason, e)).await;
         }
         Ok(Err(ReadError::Io(f))) => return report(&shared, f),
-        Err(_) => return report(&shared, Failure::new(Side::Service, "handshake_timeout", "request head")),
+        Err(_) => {
+            return report(
+                &shared,
+                Failure::new(Side::Service, "handshake_timeout", "request head"),
+            );
+        }
     };
     drop(pending);
     let started = StdInstant::now();
@@ -67,11 +81,18 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
             Err(r) => return refuse(&shared, tls, r).await,
         };
         tracing::Span::current().record("uid", claims.stream_uid.as_str());
-        let limit = claims.max_connections.unwrap_or(shared.config.limits.default_max_connections_per_stream);
+        let limit = claims
+            .max_connections
+            .unwrap_or(shared.config.limits.default_max_connections_per_stream);
         let guard = match shared.registry.open_connection(&claims.stream_uid, limit) {
             Ok(g) => g,
             Err(StreamRefusal::Revoked) => {
-                return refuse(&shared, tls, Refusal::new(403, "stream_revoked", "the stream has been revoked")).await;
+                return refuse(
+                    &shared,
+                    tls,
+                    Refusal::new(403, "stream_revoked", "the stream has been revoked"),
+                )
+                .await;
             }
             Err(StreamRefusal::TooManyConnections) => {
                 let msg = format!("the stream already has its maximum of {limit} concurrent connections");
@@ -138,7 +159,11 @@ async fn read_request(tls: &mut Tls) -> Result<(ConnectRequest, Bytes), ReadErro
         let mut chunk = vec![0u8; room.min(4096)];
         match tls.read(&mut chunk).await {
             Ok(0) => {
-                return Err(ReadError::Io(Failure::new(Side::Service, "closed_early", "closed before request head")));
+                return Err(ReadError::Io(Failure::new(
+                    Side::Service,
+                    "closed_early",
+                    "closed before request head",
+                )));
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) => return Err(ReadError::Io(Failure::new(Side::Service, "io", e))),
@@ -157,19 +182,40 @@ fn authorize(
         return Err(Refusal::new(
             400,
             "sni_mismatch",
-            format!("TLS server name names {sni_device} but CONNECT names {}", request.device),
+            format!(
+                "TLS server name names {sni_device} but CONNECT names {}",
+                request.device
+            ),
         ));
     }
     let config = &shared.config;
     let claims = config
         .token_verifier
-        .verify(&request.token, &config.relay_domain, unix_now(), config.limits.clock_skew.as_secs())
-        .map_err(|e| Refusal::new(if matches!(e, tether_proto::token::TokenError::TooLarge) { 401 } else { 403 }, e.reason(), e))?;
+        .verify(
+            &request.token,
+            &config.relay_domain,
+            unix_now(),
+            config.limits.clock_skew.as_secs(),
+        )
+        .map_err(|e| {
+            Refusal::new(
+                if matches!(e, tether_proto::token::TokenError::TooLarge) {
+                    401
+                } else {
+                    403
+                },
+                e.reason(),
+                e,
+            )
+        })?;
     if claims.namespace != request.device.namespace() || claims.device != request.device.name() {
         return Err(Refusal::new(
             403,
             "token_wrong_device",
-            format!("the token is for {}/{}, not {}", claims.namespace, claims.device, request.device),
+            format!(
+                "the token is for {}/{}, not {}",
+                claims.namespace, claims.device, request.device
+            ),
         ));
     }
     if claims.port != request.port {
@@ -189,15 +235,29 @@ async fn open_stream(
     claims: &StreamClaims,
 ) -> Result<(H2Stream, tokio::sync::OwnedSemaphorePermit), Refusal> {
     let limits = &shared.config.limits;
-    let session = shared.registry.wait_for(&request.device, limits.device_connect_timeout).await.ok_or_else(|| {
-        Refusal::new(
-            503,
-            "device_not_connected",
-            format!("device {} did not connect within {:?}", request.device, limits.device_connect_timeout),
-        )
-    })?;
+    let session = shared
+        .registry
+        .wait_for(&request.device, limits.device_connect_timeout)
+        .await
+        .ok_or_else(|| {
+            Refusal::new(
+                503,
+                "device_not_connected",
+                format!(
+                    "device {} did not connect within {:?}",
+                    request.device, limits.device_connect_timeout
+                ),
+            )
+        })?;
     let permit = session.streams.clone().try_acquire_owned().map_err(|_| {
-        Refusal::new(429, "device_stream_limit", format!("device has its maximum of {} streams", limits.max_streams_per_device))
+        Refusal::new(
+            429,
+            "device_stream_limit",
+            format!(
+                "device has its maximum of {} streams",
+                limits.max_streams_per_device
+            ),
+        )
     })?;
     let mut req = Request::post("/")
         .header(HEADER_TARGET_PORT, request.port)
@@ -207,7 +267,13 @@ async fn open_stream(
     }
     let req = req.body(()).map_err(|e| Refusal::new(400, "bad_request", e))?;
     let deadline = tokio::time::Instant::now() + limits.stream_setup_timeout;
-    let gone = |e: h2::Error| Refusal::new(502, "device_session_lost", format!("device connection failed: {e}"));
+    let gone = |e: h2::Error| {
+        Refusal::new(
+            502,
+            "device_session_lost",
+            format!("device connection failed: {e}"),
+        )
+    };
     let send_request = session.send_request.clone();
     drop(session);
     let opened = timeout_at(deadline, async {
@@ -217,7 +283,13 @@ async fn open_stream(
         Ok::<_, Refusal>((response, send))
     })
     .await
-    .map_err(|_| Refusal::new(504, "device_timeout", format!("device did not answer within {:?}", limits.stream_setup_timeout)))??;
+    .map_err(|_| {
+        Refusal::new(
+            504,
+            "device_timeout",
+            format!("device did not answer within {:?}", limits.stream_setup_timeout),
+        )
+    })??;
     let (response, send) = opened;
     let status = response.status().as_u16();
     if status != 200 {
@@ -230,9 +302,21 @@ async fn open_stream(
             .take(64)
             .collect::<String>();
         return Err(match agent_reason.as_str() {
-            "port_not_allowed" => Refusal::new(403, "device_port_not_allowed", format!("the device does not allow port {}", request.port)),
-            "target_unreachable" => Refusal::new(502, "device_target_unreachable", format!("the device could not reach its local port {}", request.port)),
-            _ => Refusal::new(502, "device_refused", format!("the device refused the stream: HTTP {status} {agent_reason}")),
+            "port_not_allowed" => Refusal::new(
+                403,
+                "device_port_not_allowed",
+                format!("the device does not allow port {}", request.port),
+            ),
+            "target_unreachable" => Refusal::new(
+                502,
+                "device_target_unreachable",
+                format!("the device could not reach its local port {}", request.port),
+            ),
+            _ => Refusal::new(
+                502,
+                "device_refused",
+                format!("the device refused the stream: HTTP {status} {agent_reason}"),
+            ),
         });
     }
     Ok((H2Stream::new(send, response.into_body()), permit))
@@ -243,7 +327,9 @@ async fn refuse(shared: &Shared, mut tls: Tls, r: Refusal) {
     shared.metrics.stream_setups.with_label_values(&[r.reason]).inc();
     tracing::info!(status = r.status, reason = r.reason, detail = %r.message, "stream refused");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        let _ = tls.write_all(&head::encode_refusal(r.status, r.reason, &r.message)).await;
+        let _ = tls
+            .write_all(&head::encode_refusal(r.status, r.reason, &r.message))
+            .await;
         let _ = tls.shutdown().await;
     })
     .await;

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The project's one test command (README, .ci/run). On a fresh Debian machine it installs what the
+# suites need, then runs every suite and prints one summary line:
+#
+#   1. lint       cargo fmt --check, cargo clippy -D warnings
+#   2. unit+int   cargo test for every crate (proto parsers, relay/agent/cli in-process tunnels)
+#   3. e2e        real OpenSSH (ssh + scp) and curl through real relay/agent/tether binaries,
+#                 the agent behind an authenticating HTTP CONNECT proxy (scripts/e2e/ssh.sh)
+#   4. k8s        tests against a real etcd + kube-apiserver + controller-manager, kubectl and helm
+#                 built from the Go module proxy and cached outside the repo (scripts/test-k8s.sh)
+#   5. bench      a smoke run of the benchmark harness (scripts/bench.sh --smoke)
+#
+# The Kubernetes build (8-17 min cold) starts in the background first so it overlaps the Rust build.
+# Usage: scripts/test.sh [suite...]   (default: all; names as above)
+set -uo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
+SUITES=("$@")
+((${#SUITES[@]})) || SUITES=(lint unit+int e2e k8s bench)
+passed=0 failed=0 failed_names=()
+
+log() { printf '\n[test.sh] %s\n' "$*"; }
+wants() { local s; for s in "${SUITES[@]}"; do [[ $s == "$1" ]] && return 0; done; return 1; }
+
+install_system_packages() {
+  local missing=()
+  command -v sshd >/dev/null || [[ -x /usr/sbin/sshd ]] || missing+=(openssh-server)
+  command -v ssh >/dev/null || missing+=(openssh-client)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v tinyproxy >/dev/null || [[ -x /usr/bin/tinyproxy ]] || missing+=(tinyproxy)
+  command -v openssl >/dev/null || missing+=(openssl)
+  if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+run_suite() {
+  local name=$1; shift
+  log "suite $name: $*"
+  local t0=$SECONDS
+  if "$@"; then
+    passed=$((passed + 1)); log "suite $name passed in $((SECONDS - t0)) s"
+  else
+    failed=$((failed + 1)); failed_names+=("$name"); log "suite $name FAILED after $((SECONDS - t0)) s"
+  fi
+}
+
+lint() {
+  cargo fmt --all -- --check && cargo clippy --workspace --all-targets --locked -- -D warnings
+}
+
+unit_and_integration() {
+  # tether-tests and the operator's tests need the API server: they run in the k8s suite.
+  cargo test --workspace --locked --exclude tether-tests --exclude tether-operator
+}
+
+e2e() {
+  cargo build --release --locked -p tether-cli -p tether-relay -p tether-agent &&
+    TETHER_BIN_DIR="$ROOT/target/release" scripts/e2e/ssh.sh
+}
+
+k8s() {
+  # Waits for the background build started below, then runs the Kubernetes suites.
+  local args=(-p tether-tests)
+  [[ -d operator/tests ]] && args+=(-p tether-operator)
+  scripts/test-k8s.sh "${args[@]}"
+}
+
+bench() {
+  scripts/bench.sh --smoke
+}
+
+export PATH=$PATH:/usr/local/go/bin:$HOME/.cargo/bin
+install_system_packages
+if wants k8s; then
+  log "starting the Kubernetes control-plane build in the background (cached when unchanged)"
+  scripts/k8s-env.sh build --detach || log "WARNING: could not start the background build; the k8s suite will build in the foreground"
+fi
+
+wants lint && run_suite lint lint
+wants unit+int && run_suite unit+int unit_and_integration
+wants e2e && run_suite e2e e2e
+wants k8s && run_suite k8s k8s
+wants bench && run_suite bench bench
+
+log "failed suites: ${failed_names[*]:-none}"
+echo "suites: $passed passed, $failed failed"
+((failed == 0))

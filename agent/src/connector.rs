@@ -208,6 +208,7 @@ impl Connector {
         let tcp = dial(&self.host, self.port, self.proxy.as_ref())
             .await
             .map_err(|source| ConnectError::Dial { addr: addr(), source })?;
+        tether_net::dial::tune_device_socket(&tcp);
         timeout(HANDSHAKE_TIMEOUT, self.handshake(tcp))
             .await
             .map_err(|_| ConnectError::HandshakeTimeout { addr: addr() })?

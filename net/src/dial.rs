@@ -122,6 +122,24 @@ pub async fn dial(host: &str, port: u16, proxy: Option<&Proxy>) -> std::io::Resu
     Ok(stream)
 }
 
+/// Most bytes a device connection leaves unsent in the kernel's socket buffer.
+///
+/// All streams of a device share one TCP connection. Without a bound, a bulk transfer fills the
+/// kernel send buffer (up to 4 MiB on Linux) and an interactive stream's next frame waits behind
+/// all of it (tens of milliseconds). With the bound, HTTP/2 keeps the backlog in its own per-stream
+/// queues and interleaves streams fairly, at almost no cost in throughput.
+pub const DEVICE_NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Tunes a device connection's socket for fairness between its streams: `TCP_NODELAY` and
+/// [`DEVICE_NOTSENT_LOWAT`]. Failures are ignored (the option is an optimisation, Linux-only).
+pub fn tune_device_socket(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(DEVICE_NOTSENT_LOWAT);
+    }
+}
+
 fn timed_out(host: &str, port: u16) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::TimedOut,

@@ -18,8 +18,10 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Per-stream receive window. The h2 default (64 KiB) caps one stream at 64 KiB per round trip;
-/// 4 MiB lets one stream fill a fast link while bounding what a stalled stream can pin in memory.
-pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// 1 MiB sustains ~160 Mbit/s per stream at 50 ms RTT. Larger windows did not raise loopback
+/// throughput but let a bulk stream queue more bytes ahead of an interactive one on the shared
+/// connection (4 MiB: ~30 ms p99 for a shell next to a saturating copy; see docs/benchmarks.md).
+pub const STREAM_WINDOW: u32 = 1024 * 1024;
 /// Connection receive window, shared by all streams of one device connection: room for several
 /// streams at full speed.
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;

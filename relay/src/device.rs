@@ -62,6 +62,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
             );
         }
     };
+    tether_net::dial::tune_device_socket(tls.get_ref().0.inner());
     let limits = &shared.config.limits;
     let handshake = timeout_at(
         deadline,

@@ -18,7 +18,11 @@ fn valid_files(dir: &Path) {
     write(dir, "ca.crt", &ca_files.cert_pem);
     write(dir, "relay.crt", &relay.cert_pem);
     write(dir, "relay.key", &relay.key_pem);
-    write(dir, "token.pub", &TokenSigner::generate().verifier().to_public_key_pem());
+    write(
+        dir,
+        "token.pub",
+        &TokenSigner::generate().verifier().to_public_key_pem(),
+    );
 }
 
 fn load(dir: &Path) -> Result<tether_relay::RelayConfig, tether_relay::config::ConfigError> {
@@ -29,7 +33,14 @@ fn load(dir: &Path) -> Result<tether_relay::RelayConfig, tether_relay::config::C
         client_ca: &dir.join("ca.crt"),
         token_public_key: &dir.join("token.pub"),
     };
-    tether_relay::RelayConfig::load(any, any, "tether.local", "tether.local", files, Default::default())
+    tether_relay::RelayConfig::load(
+        any,
+        any,
+        "tether.local",
+        "tether.local",
+        files,
+        Default::default(),
+    )
 }
 
 #[test]
@@ -39,7 +50,11 @@ fn each_bad_file_is_named_in_the_error() {
     load(dir.path()).expect("valid files load");
     for (file, content, expect) in [
         ("token.pub", "", "token public key"),
-        ("token.pub", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "token public key"),
+        (
+            "token.pub",
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+            "token public key",
+        ),
         ("relay.key", "   \n", "is empty"),
         ("relay.crt", "not pem", "holds no valid PEM"),
         ("ca.crt", "", "client CA bundle"),
@@ -54,7 +69,10 @@ fn each_bad_file_is_named_in_the_error() {
     valid_files(dir.path());
     std::fs::remove_file(dir.path().join("relay.key")).unwrap();
     let err = load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("cannot read serving key") && err.contains("relay.key"), "{err}");
+    assert!(
+        err.contains("cannot read serving key") && err.contains("relay.key"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -41,4 +41,9 @@ if (( $(ulimit -n) < 10500 )) && [[ "$smoke" == false ]]; then
   echo "warning: open-file limit is $(ulimit -n); scenario 5 needs ~10,100 per process" >&2
 fi
 
-exec target/release/tether-bench "${rathole_args[@]}" "$@"
+# Run copies: other work in this checkout may rebuild target/release while the run is going (the
+# harness re-executes itself for the bare TLS baseline and starts tether-relay by path).
+bin="$(mktemp -d)"
+trap 'rm -rf "$bin"' EXIT
+cp target/release/tether-bench target/release/tether-relay "$bin/"
+"$bin/tether-bench" --relay-bin "$bin/tether-relay" "${rathole_args[@]}" "$@"

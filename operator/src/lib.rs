@@ -11,10 +11,26 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod args;
+pub mod autoscale;
+pub mod backoff;
+pub mod conditions;
 pub mod context;
+pub mod device;
+pub mod fleet;
+pub mod k8s;
+pub mod lease;
+pub mod metrics;
+pub mod relaypool;
+pub mod run;
+pub mod stream;
+pub mod telemetry;
 pub mod trust;
 
+pub use args::Args;
 pub use context::Context;
+pub use run::{RunError, run, run_with_client};
 
 /// Field manager for server-side apply of objects the operator owns.
 pub const FIELD_MANAGER: &str = "tether-operator";

@@ -35,7 +35,9 @@ pub enum TrustError {
         source: kube::Error,
     },
     /// The Secret exists but cannot be used; it is never overwritten.
-    #[error("Secret {namespace}/{name} is malformed ({detail}); fix or delete it to let the operator recreate it")]
+    #[error(
+        "Secret {namespace}/{name} is malformed ({detail}); fix or delete it to let the operator recreate it"
+    )]
     Malformed {
         /// Its namespace.
         namespace: String,
@@ -74,17 +76,29 @@ fn secret(name: &'static str, namespace: &str, data: [(&str, &str); 2]) -> Secre
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some(namespace.into()),
-            labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".into(), "tether-operator".into())])),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".into(),
+                "tether-operator".into(),
+            )])),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(data.iter().map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec()))).collect()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
         ..Secret::default()
     }
 }
 
 fn field<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
-    secret.data.as_ref()?.get(key).and_then(|b| std::str::from_utf8(&b.0).ok()).filter(|s| !s.trim().is_empty())
+    secret
+        .data
+        .as_ref()?
+        .get(key)
+        .and_then(|b| std::str::from_utf8(&b.0).ok())
+        .filter(|s| !s.trim().is_empty())
 }
 
 /// Reads `name`, creating it with `make()` when absent. Create (not apply) is used so an existing
@@ -94,7 +108,11 @@ async fn get_or_create(
     name: &'static str,
     make: impl FnOnce() -> Result<Secret, TrustError>,
 ) -> Result<Secret, TrustError> {
-    if let Some(s) = api.get_opt(name).await.map_err(|source| TrustError::Api { name, source })? {
+    if let Some(s) = api
+        .get_opt(name)
+        .await
+        .map_err(|source| TrustError::Api { name, source })?
+    {
         return Ok(s);
     }
     match api.create(&PostParams::default(), &make()?).await {
@@ -102,9 +120,10 @@ async fn get_or_create(
             tracing::info!(secret = name, "created trust anchor");
             Ok(s)
         }
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            api.get(name).await.map_err(|source| TrustError::Api { name, source })
-        }
+        Err(kube::Error::Api(e)) if e.code == 409 => api
+            .get(name)
+            .await
+            .map_err(|source| TrustError::Api { name, source }),
         Err(source) => Err(TrustError::Api { name, source }),
     }
 }
@@ -115,26 +134,47 @@ async fn get_or_create(
 /// API errors, or a Secret that exists but is malformed.
 pub async fn load_or_create(client: &Client, namespace: &str) -> Result<TrustAnchors, TrustError> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let malformed = |name, detail: String| TrustError::Malformed { namespace: namespace.into(), name, detail };
+    let malformed = |name, detail: String| TrustError::Malformed {
+        namespace: namespace.into(),
+        name,
+        detail,
+    };
 
     let ca_secret = get_or_create(&api, CA_SECRET, || {
-        let (_, issued) = Ca::generate("Tether CA", CA_VALIDITY).map_err(|e| TrustError::Generate(e.to_string()))?;
-        Ok(secret(CA_SECRET, namespace, [("tls.crt", &issued.cert_pem), ("tls.key", &issued.key_pem)]))
+        let (_, issued) =
+            Ca::generate("Tether CA", CA_VALIDITY).map_err(|e| TrustError::Generate(e.to_string()))?;
+        Ok(secret(
+            CA_SECRET,
+            namespace,
+            [("tls.crt", &issued.cert_pem), ("tls.key", &issued.key_pem)],
+        ))
     })
     .await?;
     let (Some(cert), Some(key)) = (field(&ca_secret, "tls.crt"), field(&ca_secret, "tls.key")) else {
-        return Err(malformed(CA_SECRET, "keys tls.crt and tls.key must both be present and non-empty".into()));
+        return Err(malformed(
+            CA_SECRET,
+            "keys tls.crt and tls.key must both be present and non-empty".into(),
+        ));
     };
     let ca = Ca::from_pem(cert, key).map_err(|e| malformed(CA_SECRET, e.to_string()))?;
 
     let key_secret = get_or_create(&api, TOKEN_KEY_SECRET, || {
         let signer = TokenSigner::generate();
         let public = signer.verifier().to_public_key_pem();
-        Ok(secret(TOKEN_KEY_SECRET, namespace, [("private.pem", &signer.to_pkcs8_pem()), ("public.pem", &public)]))
+        Ok(secret(
+            TOKEN_KEY_SECRET,
+            namespace,
+            [("private.pem", &signer.to_pkcs8_pem()), ("public.pem", &public)],
+        ))
     })
     .await?;
-    let private = field(&key_secret, "private.pem")
-        .ok_or_else(|| malformed(TOKEN_KEY_SECRET, "key private.pem must be present and non-empty".into()))?;
-    let signer = TokenSigner::from_pkcs8_pem(private).map_err(|e| malformed(TOKEN_KEY_SECRET, e.to_string()))?;
+    let private = field(&key_secret, "private.pem").ok_or_else(|| {
+        malformed(
+            TOKEN_KEY_SECRET,
+            "key private.pem must be present and non-empty".into(),
+        )
+    })?;
+    let signer =
+        TokenSigner::from_pkcs8_pem(private).map_err(|e| malformed(TOKEN_KEY_SECRET, e.to_string()))?;
     Ok(TrustAnchors { ca, signer })
 }

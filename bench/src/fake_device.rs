@@ -1,0 +1,80 @@
+//! Lightweight device connections for the memory scenarios: TLS with a device certificate, the
+//! preface, then an HTTP/2 server that answers keepalive PINGs and serves every stream with the
+//! [`target`](crate::target) protocol itself (no local dial), so thousands fit in the harness.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::{Context, bail};
+use bytes::{Bytes, BytesMut};
+use http::Response;
+use rustls_pki_types::ServerName;
+use tether_cli::testbed::RELAY_DOMAIN;
+use tether_net::h2io::{self, H2Stream};
+use tether_proto::{
+    name::DeviceKey,
+    preface::{Decoded, HEADER_LEN, Preface, PrefaceReply},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    task::JoinHandle,
+};
+
+/// Time allowed for TCP, TLS, the preface and the HTTP/2 handshake.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(20);
+
+/// Connects `device` to the relay at `relay` with `tls`; the returned task serves the connection
+/// until it ends or is aborted.
+///
+/// # Errors
+/// Any handshake failure, or the relay refusing the device.
+pub async fn connect(
+    relay: SocketAddr,
+    device: &DeviceKey,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let conn = tokio::time::timeout(HANDSHAKE_LIMIT, async {
+        let tcp = TcpStream::connect(relay).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::try_from(device.server_name(RELAY_DOMAIN))?;
+        let mut tls = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+        let mut out = BytesMut::new();
+        Preface {
+            agent_version: "tether-bench".into(),
+            features: vec![],
+        }
+        .encode(&mut out);
+        tls.write_all(&out).await?;
+        tls.flush().await?;
+        let mut buf = BytesMut::zeroed(HEADER_LEN);
+        tls.read_exact(&mut buf).await?;
+        let body = usize::from(u16::from_be_bytes([buf[9], buf[10]]));
+        buf.resize(HEADER_LEN + body, 0);
+        tls.read_exact(&mut buf[HEADER_LEN..]).await?;
+        let reply = match PrefaceReply::decode(&mut buf)? {
+            Decoded::Complete(reply) => reply,
+            Decoded::Incomplete => bail!("incomplete preface reply"),
+        };
+        if !reply.accepted {
+            bail!("relay refused {device}: {}", reply.message);
+        }
+        Ok(h2io::server_builder(h2io::DEFAULT_MAX_STREAMS)
+            .handshake::<_, Bytes>(tls)
+            .await?)
+    })
+    .await
+    .context("device handshake: time bound exceeded")??;
+    Ok(tokio::spawn(serve(conn)))
+}
+
+async fn serve<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut conn: h2::server::Connection<T, Bytes>,
+) {
+    // Polling `accept` drives the connection: PING answers, flow control, stream data.
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let Ok(send) = respond.send_response(Response::new(()), false) else {
+            continue;
+        };
+        tokio::spawn(crate::target::serve(H2Stream::new(send, req.into_body())));
+    }
+}

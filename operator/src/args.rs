@@ -1,0 +1,65 @@
+//! Command-line arguments, each also settable through an environment variable.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// `tether-operator` arguments.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "tether-operator",
+    version,
+    about = "Reconciles Tether Device, DeviceStream and RelayPool resources"
+)]
+pub struct Args {
+    /// Namespace the operator runs in: trust anchors, the Lease and RelayPools live here.
+    #[arg(long, env = "TETHER_NAMESPACE", default_value = "tether-system")]
+    pub namespace: String,
+    /// Only watch Devices and DeviceStreams in this namespace (default: all namespaces).
+    #[arg(long, env = "TETHER_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// SPIFFE trust domain of device identities.
+    #[arg(long, env = "TETHER_TRUST_DOMAIN", default_value = "tether.local")]
+    pub trust_domain: String,
+    /// Admin listener: `/metrics`, `/ready`, `/live`.
+    #[arg(long, env = "TETHER_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "TETHER_LEASE_NAME", default_value = "tether-operator")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "tether-operator")]
+    pub identity: String,
+    /// How long a Lease stays valid without renewal (renewed every third of it).
+    #[arg(long, env = "TETHER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How often to retry loading trust anchors that are malformed or unreadable.
+    #[arg(long, env = "TETHER_TRUST_RETRY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub trust_retry: Duration,
+    /// Controllers to run (comma-separated; default all). Tests run subsets side by side.
+    #[arg(
+        long,
+        env = "TETHER_CONTROLLERS",
+        value_delimiter = ',',
+        default_value = "device,devicestream,relaypool"
+    )]
+    pub controllers: Vec<Controller>,
+}
+
+/// A controller the operator can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Controller {
+    /// Device credentials.
+    Device,
+    /// DeviceStream tokens.
+    #[value(name = "devicestream")]
+    DeviceStream,
+    /// RelayPool fleet and autoscaling.
+    #[value(name = "relaypool")]
+    RelayPool,
+}
+
+impl Args {
+    /// Whether `controller` is enabled.
+    pub fn runs(&self, controller: Controller) -> bool {
+        self.controllers.contains(&controller)
+    }
+}

@@ -1,0 +1,212 @@
+//! Device reconciler: issues and renews each Device's client certificate.
+//!
+//! observe (credentials Secret, RelayPool) → validate (is the certificate missing, due for
+//! renewal or from another CA?) → build (Secret `<name>-tether-credentials` with `tls.crt`,
+//! `tls.key`, `ca.crt`, `device`, `relay-endpoint`, `relay-domain`; status) → apply (server-side
+//! apply, controller owner reference; skipped when unchanged) → status (conditions `Ready`,
+//! `CredentialsIssued`, `observedGeneration`, Events).
+//!
+//! A certificate is issued once and kept until `renewBeforeDays` before its expiry; the
+//! reconciler requeues itself for that moment. A disabled Device keeps its credentials (the
+//! agent may stay connected) but is `Ready=False/DeviceDisabled`, and its streams fail.
+
+pub mod apply;
+pub mod build;
+pub mod observe;
+pub mod status;
+pub mod validate;
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    core::DeserializeGuard,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::EventType,
+        watcher::{self, Config},
+    },
+};
+use tether_api::{Device, RelayPool};
+use tether_proto::name::{DeviceKey, NameError};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, instrument};
+
+use crate::{Context, k8s, metrics};
+use validate::{CertAction, IssueReason};
+
+/// Controller name (metrics label, logs).
+pub const CONTROLLER: &str = "device";
+/// Longest wait before a Device is looked at again even without changes: renewal is scheduled
+/// exactly, this only bounds the effect of clock jumps.
+const MAX_REQUEUE: Duration = Duration::from_secs(12 * 3600);
+
+/// Why a Device reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Device has no namespace (cannot happen for a namespaced kind).
+    #[error("Device has no namespace")]
+    NotNamespaced,
+    /// The Device's namespace or name is not a DNS label.
+    #[error("invalid device name: {0}")]
+    InvalidName(#[source] NameError),
+    /// Reading the Secret or RelayPool failed.
+    #[error("cannot read cluster state: {0}")]
+    Observe(#[source] kube::Error),
+    /// Issuing the certificate failed.
+    #[error("cannot issue the device certificate: {0}")]
+    Issue(#[source] tether_net::pki::PkiError),
+    /// Applying the credentials Secret failed.
+    #[error("cannot apply the credentials Secret: {0}")]
+    Apply(#[source] kube::Error),
+    /// Patching the status failed.
+    #[error("cannot patch Device status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+impl Error {
+    /// A stable low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NotNamespaced => "not_namespaced",
+            Self::InvalidName(_) => "invalid_name",
+            Self::Observe(_) => "observe",
+            Self::Issue(_) => "issue",
+            Self::Apply(_) => "apply",
+            Self::Status(_) => "status",
+        }
+    }
+}
+
+/// Reconciles one Device.
+///
+/// # Errors
+/// See [`Error`]; the controller retries with backoff.
+#[instrument(skip(obj, ctx), fields(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any()))]
+pub async fn reconcile(obj: Arc<DeserializeGuard<Device>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = metrics::ReconcileTimer::start(CONTROLLER);
+    let action = reconcile_inner(&obj, &ctx).await?;
+    crate::backoff::succeeded(CONTROLLER, obj.namespace().as_deref(), &obj.name_any());
+    Ok(action)
+}
+
+async fn reconcile_inner(obj: &DeserializeGuard<Device>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let device = match &obj.0 {
+        Ok(device) => device,
+        Err(invalid) => {
+            // The schema should make this impossible; waiting for the next change is all we can do.
+            tracing::warn!(error = %invalid.error, "Device does not deserialize; waiting for a change");
+            return Ok(Action::await_change());
+        }
+    };
+    let namespace = device.namespace().ok_or(Error::NotNamespaced)?;
+    let name = device.name_any();
+    let key = DeviceKey::new(&namespace, &name).map_err(Error::InvalidName)?;
+
+    let observed = observe::observe(ctx, &namespace, &name).await?;
+    let now = k8s::now_unix();
+    let settings = &device.spec.credentials;
+    let (cert_pem, key_pem, not_after, issued) =
+        match validate::cert_action(settings, observed.secret.as_ref(), ctx.trust.ca_pem(), now) {
+            CertAction::Keep {
+                cert_pem,
+                key_pem,
+                not_after,
+            } => (cert_pem, key_pem, not_after, None),
+            CertAction::Issue(reason) => {
+                let validity = Duration::from_secs(u64::from(settings.validity_days) * 86_400);
+                let cert = ctx
+                    .trust
+                    .ca
+                    .issue_device(&key, &ctx.config.trust_domain, validity)
+                    .map_err(Error::Issue)?;
+                let not_after = tether_net::pki::not_after_unix(&cert.cert_pem).map_err(Error::Issue)?;
+                (cert.cert_pem, cert.key_pem, not_after, Some(reason))
+            }
+        };
+    let desired = build::credentials_secret(
+        device,
+        &key,
+        &cert_pem,
+        &key_pem,
+        ctx.trust.ca_pem(),
+        observed.relay.as_ref(),
+    );
+    apply::apply_credentials(ctx, observed.secret.as_ref(), &desired).await?;
+    if let Some(reason) = issued {
+        let (event, verb) = match reason {
+            IssueReason::Renew => ("CredentialsRenewed", "renewed"),
+            IssueReason::Missing => ("CredentialsIssued", "issued"),
+            IssueReason::CaChanged | IssueReason::Unreadable => ("CredentialsReissued", "reissued"),
+        };
+        tracing::info!(?reason, not_after, "device certificate {verb}");
+        let note = format!(
+            "client certificate {verb} into Secret {}, expires at {}",
+            desired.name_any(),
+            rfc3339(not_after)
+        );
+        k8s::publish(ctx, device, EventType::Normal, event, "IssueCredentials", note).await;
+    }
+
+    let status = build::status(device, observed.relay.as_ref(), not_after, Timestamp::now());
+    status::update(ctx, device, &status).await?;
+
+    let until_renewal = validate::renew_at(not_after, settings)
+        .saturating_sub(k8s::now_unix())
+        .max(1);
+    Ok(Action::requeue(
+        Duration::from_secs(until_renewal.unsigned_abs()).min(MAX_REQUEUE),
+    ))
+}
+
+fn rfc3339(unix: i64) -> String {
+    Timestamp::from_second(unix)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| unix.to_string())
+}
+
+/// Retries failed reconciles with a short fixed delay, counting the error by reason.
+pub fn error_policy(obj: Arc<DeserializeGuard<Device>>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(name = obj.name_any(), namespace = obj.namespace().unwrap_or_default(), %error, "Device reconcile failed");
+    metrics::record_error(CONTROLLER, error.metric_label());
+    Action::requeue(crate::backoff::failed(
+        CONTROLLER,
+        obj.namespace().as_deref(),
+        &obj.name_any(),
+    ))
+}
+
+/// Runs the Device controller until `shutdown` fires: watches Devices (in `watch_namespace`, or
+/// all namespaces), the Secrets they own, and RelayPools in the operator's namespace (a changed
+/// relay endpoint re-reconciles every Device).
+pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    let (devices, secrets) = match &watch_namespace {
+        Some(ns) => (
+            Api::<DeserializeGuard<Device>>::namespaced(client.clone(), ns),
+            Api::<Secret>::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let pools = Api::<RelayPool>::namespaced(client, &ctx.config.namespace);
+    let pool_changes =
+        watcher::watcher(pools, Config::default()).filter_map(|ev| async move { ev.ok().map(|_| ()) });
+    Controller::new(devices, Config::default())
+        .owns(
+            secrets,
+            Config::default().labels(&format!("{}={}", k8s::MANAGED_BY.0, k8s::MANAGED_BY.1)),
+        )
+        .reconcile_all_on(pool_changes)
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "Device controller event");
+            }
+        })
+        .instrument(tracing::info_span!("controller", controller = CONTROLLER))
+        .await;
+}

@@ -1,0 +1,344 @@
+//! Status step: computes a RelayPool's status (pure) and writes it with server-side apply under
+//! [`crate::STATUS_FIELD_MANAGER`].
+
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use tether_api::{
+    RelayPool, RelayPoolStatus,
+    conditions::{reasons, status as cond_status, types},
+    relaypool::MemberLoad,
+};
+
+use super::{Error, observe::Observed};
+use crate::autoscale::{Decision, member_ordinal};
+
+/// A condition of type `type_`, keeping the previous `lastTransitionTime` when the status did not
+/// change (STYLE §6).
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+fn saturate(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Members to report: ordinals `0..replicas`, plus any other member that is ready or carries load
+/// (e.g. one still draining after a scale-down), in ordinal order.
+pub fn members(pool: &str, replicas: i32, observed: &Observed) -> Vec<MemberLoad> {
+    let count = u32::try_from(replicas).unwrap_or(0);
+    let mut ordinals: Vec<u32> = (0..count).collect();
+    let per_member = observed.load.as_ref().map(|l| &l.per_member);
+    let extra = observed
+        .ready_members
+        .iter()
+        .chain(per_member.into_iter().flat_map(|m| m.keys()));
+    ordinals.extend(extra.filter_map(|name| member_ordinal(pool, name)));
+    ordinals.sort_unstable();
+    ordinals.dedup();
+    ordinals
+        .into_iter()
+        .map(|i| {
+            let name = format!("{pool}-{i}");
+            let load = per_member.and_then(|m| m.get(&name)).copied().unwrap_or_default();
+            MemberLoad {
+                ready: observed.ready_members.contains(&name),
+                devices: saturate(load.devices),
+                streams: saturate(load.streams),
+                name,
+            }
+        })
+        .collect()
+}
+
+/// The status after a successful reconcile.
+pub fn compute(
+    pool: &str,
+    generation: Option<i64>,
+    previous: &RelayPoolStatus,
+    decision: &Decision,
+    observed: &Observed,
+    now: Timestamp,
+) -> RelayPoolStatus {
+    let ready = observed.ready_replicas();
+    let wanted = decision.replicas;
+    let message = format!("{ready} of {wanted} relays ready");
+    let ready_condition = if ready >= wanted {
+        condition(
+            &previous.conditions,
+            types::READY,
+            cond_status::TRUE,
+            reasons::READY,
+            message,
+            generation,
+            now,
+        )
+    } else {
+        condition(
+            &previous.conditions,
+            types::READY,
+            cond_status::FALSE,
+            reasons::SCALING,
+            message,
+            generation,
+            now,
+        )
+    };
+    let last_scale_time = if previous.replicas == Some(wanted) {
+        previous.last_scale_time.clone()
+    } else {
+        Some(Time(now))
+    };
+    RelayPoolStatus {
+        replicas: Some(wanted),
+        ready_replicas: Some(ready),
+        members: members(pool, wanted, observed),
+        last_scale_time,
+        low_load_since: decision.low_load_since.map(Time),
+        observed_generation: generation,
+        conditions: vec![ready_condition],
+    }
+}
+
+/// The status of a pool whose spec is invalid: what it had, with `Ready` False (`InvalidSpec`).
+pub fn invalid(
+    previous: &RelayPoolStatus,
+    generation: Option<i64>,
+    message: String,
+    now: Timestamp,
+) -> RelayPoolStatus {
+    let ready = condition(
+        &previous.conditions,
+        types::READY,
+        cond_status::FALSE,
+        reasons::INVALID_SPEC,
+        message,
+        generation,
+        now,
+    );
+    RelayPoolStatus {
+        observed_generation: generation,
+        conditions: vec![ready],
+        ..previous.clone()
+    }
+}
+
+/// Writes `status` to pool `name` in `namespace` (server-side apply of the status subresource).
+///
+/// # Errors
+/// [`Error::Status`] when the API server refuses the patch.
+pub async fn patch(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    status: &RelayPoolStatus,
+) -> Result<(), Error> {
+    let body = serde_json::json!({
+        "apiVersion": format!("{}/{}", tether_api::GROUP, tether_api::VERSION),
+        "kind": "RelayPool",
+        "status": status,
+    });
+    Api::<RelayPool>::namespaced(client.clone(), namespace)
+        .patch_status(
+            name,
+            &PatchParams::apply(crate::STATUS_FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(Error::Status)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscale::{Load, PoolLoad};
+    use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn observed(ready: i32) -> Observed {
+        Observed {
+            stateful_set: Some(StatefulSet {
+                status: Some(StatefulSetStatus {
+                    ready_replicas: Some(ready),
+                    replicas: 3,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ready_members: BTreeSet::from(["relays-0".to_owned(), "relays-4".to_owned()]),
+            load: Some(PoolLoad {
+                total: Load {
+                    streams: 5,
+                    devices: 9,
+                },
+                per_member: BTreeMap::from([
+                    (
+                        "relays-0".to_owned(),
+                        Load {
+                            streams: 2,
+                            devices: 4,
+                        },
+                    ),
+                    (
+                        "relays-5".to_owned(),
+                        Load {
+                            streams: 1,
+                            devices: 0,
+                        },
+                    ),
+                ]),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn decision(replicas: i32, since: Option<i64>) -> Decision {
+        Decision {
+            replicas,
+            desired: Some(replicas),
+            low_load_since: since.map(at),
+            recheck_after: None,
+        }
+    }
+
+    #[test]
+    fn scaling_until_ready_then_ready() {
+        let s = compute(
+            "relays",
+            Some(4),
+            &RelayPoolStatus::default(),
+            &decision(3, None),
+            &observed(1),
+            at(0),
+        );
+        assert_eq!(
+            (s.replicas, s.ready_replicas, s.observed_generation),
+            (Some(3), Some(1), Some(4))
+        );
+        assert_eq!(
+            s.last_scale_time,
+            Some(Time(at(0))),
+            "first sizing counts as a scale"
+        );
+        let c = &s.conditions[0];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("Ready", "False", "Scaling")
+        );
+        assert_eq!(c.message, "1 of 3 relays ready");
+        assert_eq!(c.observed_generation, Some(4));
+
+        let again = compute("relays", Some(4), &s, &decision(3, Some(5)), &observed(1), at(10));
+        assert_eq!(
+            again.conditions[0].last_transition_time,
+            Time(at(0)),
+            "unchanged status keeps its time"
+        );
+        assert_eq!(
+            again.last_scale_time,
+            Some(Time(at(0))),
+            "same size keeps lastScaleTime"
+        );
+        assert_eq!(again.low_load_since, Some(Time(at(5))));
+
+        let ready = compute(
+            "relays",
+            Some(4),
+            &again,
+            &decision(3, None),
+            &observed(3),
+            at(20),
+        );
+        let c = &ready.conditions[0];
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Ready"));
+        assert_eq!(c.last_transition_time, Time(at(20)));
+
+        let grown = compute(
+            "relays",
+            Some(4),
+            &ready,
+            &decision(4, None),
+            &observed(3),
+            at(30),
+        );
+        assert_eq!(grown.last_scale_time, Some(Time(at(30))));
+    }
+
+    #[test]
+    fn members_cover_replicas_and_loaded_or_ready_extras() {
+        let m = members("relays", 3, &observed(1));
+        let names: Vec<_> = m.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["relays-0", "relays-1", "relays-2", "relays-4", "relays-5"]
+        );
+        assert_eq!(
+            m[0],
+            MemberLoad {
+                name: "relays-0".into(),
+                ready: true,
+                devices: 4,
+                streams: 2
+            }
+        );
+        assert_eq!(
+            m[1],
+            MemberLoad {
+                name: "relays-1".into(),
+                ready: false,
+                devices: 0,
+                streams: 0
+            }
+        );
+        assert!(m[3].ready);
+        assert_eq!(m[4].streams, 1);
+    }
+
+    #[test]
+    fn invalid_keeps_sizes() {
+        let s = compute(
+            "relays",
+            Some(1),
+            &RelayPoolStatus::default(),
+            &decision(2, None),
+            &observed(2),
+            at(0),
+        );
+        let bad = invalid(&s, Some(2), "nope".into(), at(5));
+        assert_eq!((bad.replicas, bad.observed_generation), (Some(2), Some(2)));
+        let c = &bad.conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            ("False", "InvalidSpec", "nope")
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! DeviceStream reconciler: validates streams, computes their relay, mints their tokens and
+//! expires them.
+//!
+//! observe (Device, token Secret, RelayPool) → validate (TTL window; Device exists, is enabled
+//! and allows the port; a RelayPool exists) → build (claims, Secret `<name>-tether-token` with
+//! `token`, `ca.crt`, `endpoint`, `server-name`; status) → apply (server-side apply, controller
+//! owner reference) → status (phase, endpoint, relay, tokenSecret, expiresAt, conditions,
+//! Events).
+//!
+//! The token is minted once: while the Secret holds a token it is reused, so a second reconcile
+//! changes nothing. At `expiresAt` the stream moves to `Expired` and the Secret is deleted (the
+//! token's own `exp` claim makes it useless anyway); a stream that fails later (Device disabled
+//! or deleted) loses its Secret too. Deleting the DeviceStream deletes the Secret through its
+//! owner reference.
+
+pub mod apply;
+pub mod build;
+pub mod observe;
+pub mod status;
+pub mod validate;
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use kube::{
+    Api, ResourceExt,
+    core::DeserializeGuard,
+    runtime::{
+        Controller,
+        controller::Action,
+        reflector::ObjectRef,
+        watcher::{self, Config},
+    },
+};
+use tether_api::{Device, DeviceStream, RelayPool, conditions::reasons};
+use tether_proto::name::{DeviceKey, NameError};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, instrument};
+
+use crate::{Context, k8s, metrics};
+use validate::Verdict;
+
+/// Controller name (metrics label, logs).
+pub const CONTROLLER: &str = "devicestream";
+
+/// Why a DeviceStream reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The DeviceStream has no namespace or UID (cannot happen for stored objects).
+    #[error("DeviceStream lacks {0}")]
+    Incomplete(&'static str),
+    /// The namespace or device name is not a DNS label.
+    #[error("invalid device name: {0}")]
+    InvalidName(#[source] NameError),
+    /// Reading the Device, Secret or RelayPool failed.
+    #[error("cannot read cluster state: {0}")]
+    Observe(#[source] kube::Error),
+    /// Applying or deleting the token Secret failed.
+    #[error("cannot write the token Secret: {0}")]
+    Apply(#[source] kube::Error),
+    /// Patching the status failed.
+    #[error("cannot patch DeviceStream status: {0}")]
+    Status(#[source] kube::Error),
+}
+
+impl Error {
+    /// A stable low-cardinality label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Incomplete(_) => "incomplete",
+            Self::InvalidName(_) => "invalid_name",
+            Self::Observe(_) => "observe",
+            Self::Apply(_) => "apply",
+            Self::Status(_) => "status",
+        }
+    }
+}
+
+/// Reconciles one DeviceStream.
+///
+/// # Errors
+/// See [`Error`]; the controller retries with backoff.
+#[instrument(skip(obj, ctx), fields(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any()))]
+pub async fn reconcile(obj: Arc<DeserializeGuard<DeviceStream>>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = metrics::ReconcileTimer::start(CONTROLLER);
+    let action = reconcile_inner(&obj, &ctx).await?;
+    crate::backoff::succeeded(CONTROLLER, obj.namespace().as_deref(), &obj.name_any());
+    Ok(action)
+}
+
+async fn reconcile_inner(obj: &DeserializeGuard<DeviceStream>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let stream = match &obj.0 {
+        Ok(stream) => stream,
+        Err(invalid) => {
+            tracing::warn!(error = %invalid.error, "DeviceStream does not deserialize; waiting for a change");
+            return Ok(Action::await_change());
+        }
+    };
+    let namespace = stream.namespace().ok_or(Error::Incomplete("a namespace"))?;
+    let name = stream.name_any();
+    let observed = observe::observe(ctx, &namespace, &name, &stream.spec.device).await?;
+    let now = k8s::now_unix();
+
+    let (verdict, window) = match validate::window(stream) {
+        Ok(w) => (
+            validate::verdict(stream, w, observed.device.as_ref(), observed.relay.as_ref(), now),
+            Some(w),
+        ),
+        Err(message) => (
+            Verdict::Failed {
+                reason: reasons::INVALID_SPEC,
+                message,
+            },
+            None,
+        ),
+    };
+    let secret_name = build::secret_name(&name);
+    let mut route = None;
+    match (&verdict, &observed.relay, window) {
+        (Verdict::Serve, Some(relay), Some(window)) => {
+            let key = DeviceKey::new(&namespace, &stream.spec.device).map_err(Error::InvalidName)?;
+            let r = build::route(&key, relay);
+            // Mint once: a token already in the Secret is kept (no re-mint per reconcile) while
+            // it is still right: signed by the current key, for the current relay domain, this
+            // stream, device and port. A rotated token key or a changed relay domain re-mints.
+            let uid = stream.uid().unwrap_or_default();
+            let now_secs = u64::try_from(now).unwrap_or_default();
+            let existing = observed
+                .secret
+                .as_ref()
+                .and_then(|s| k8s::secret_str(s, "token"))
+                .filter(|token| {
+                    ctx.trust
+                        .verifier()
+                        .verify(token, &relay.domain, now_secs, 0)
+                        .is_ok_and(|c| {
+                            c.stream_uid == uid
+                                && c.device == stream.spec.device
+                                && i32::from(c.port) == stream.spec.port
+                        })
+                })
+                .map(str::to_owned);
+            let token = match existing {
+                Some(token) => token,
+                None => {
+                    let claims =
+                        build::claims(stream, &key, relay, window, now).ok_or(Error::Incomplete("a UID"))?;
+                    tracing::info!(expires_at = claims.expires_at, "minted stream token");
+                    ctx.trust.signer.sign(&claims)
+                }
+            };
+            let desired = build::token_secret(stream, &namespace, &token, ctx.trust.ca_pem(), &r);
+            apply::apply_token(ctx, observed.secret.as_ref(), &desired).await?;
+            route = Some(r);
+        }
+        (Verdict::Failed { .. } | Verdict::Expired, _, _)
+            if apply::remove_token(ctx, observed.secret.as_ref(), &namespace, &secret_name).await? =>
+        {
+            tracing::info!(?verdict, "deleted token Secret");
+        }
+        _ => {}
+    }
+    let desired = build::status(stream, &verdict, window, route.as_ref(), Timestamp::now());
+    status::update(ctx, stream, &desired).await?;
+
+    Ok(match (verdict, window) {
+        (Verdict::Expired, _) | (_, None) => Action::await_change(),
+        // Wake up at expiry (+1 s so `now >= expires_at` holds) to move to Expired.
+        (_, Some(w)) => Action::requeue(Duration::from_secs(
+            (w.expires_at - k8s::now_unix() + 1).max(1).unsigned_abs(),
+        )),
+    })
+}
+
+/// Retries failed reconciles with a short fixed delay, counting the error by reason.
+pub fn error_policy(obj: Arc<DeserializeGuard<DeviceStream>>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(name = obj.name_any(), namespace = obj.namespace().unwrap_or_default(), %error, "DeviceStream reconcile failed");
+    metrics::record_error(CONTROLLER, error.metric_label());
+    Action::requeue(crate::backoff::failed(
+        CONTROLLER,
+        obj.namespace().as_deref(),
+        &obj.name_any(),
+    ))
+}
+
+/// Runs the DeviceStream controller until `shutdown` fires: watches DeviceStreams (in
+/// `watch_namespace`, or all namespaces), their token Secrets, Devices (a changed Device
+/// re-reconciles the streams naming it) and RelayPools in the operator's namespace.
+pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shutdown: CancellationToken) {
+    let client = ctx.client.clone();
+    let (streams, secrets, devices) = match &watch_namespace {
+        Some(ns) => (
+            Api::<DeserializeGuard<DeviceStream>>::namespaced(client.clone(), ns),
+            Api::<Secret>::namespaced(client.clone(), ns),
+            Api::<DeserializeGuard<Device>>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    let pools = Api::<RelayPool>::namespaced(client, &ctx.config.namespace);
+    let pool_changes =
+        watcher::watcher(pools, Config::default()).filter_map(|ev| async move { ev.ok().map(|_| ()) });
+    let controller = Controller::new(streams, Config::default());
+    let store = controller.store();
+    controller
+        .owns(
+            secrets,
+            Config::default().labels(&format!("{}={}", k8s::MANAGED_BY.0, k8s::MANAGED_BY.1)),
+        )
+        .watches(
+            devices,
+            Config::default(),
+            move |device: DeserializeGuard<Device>| {
+                let ns = device.namespace();
+                let name = device.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|s| s.namespace() == ns && s.0.as_ref().is_ok_and(|s| s.spec.device == name))
+                    .map(|s| ObjectRef::from_obj(&*s))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_all_on(pool_changes)
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "DeviceStream controller event");
+            }
+        })
+        .instrument(tracing::info_span!("controller", controller = CONTROLLER))
+        .await;
+}

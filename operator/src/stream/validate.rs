@@ -1,0 +1,168 @@
+//! Validate: decide, from plain data, whether a DeviceStream can be served, and its time window.
+
+use tether_api::{Device, DeviceStream, conditions::reasons};
+
+use crate::fleet::RelayInfo;
+
+/// The stream's validity window, Unix seconds: `[not_before, expires_at)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// The DeviceStream's creation time.
+    pub not_before: i64,
+    /// Creation time plus `spec.ttl`.
+    pub expires_at: i64,
+}
+
+/// What to do with a DeviceStream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Mint (once) and publish the token.
+    Serve,
+    /// Not servable yet (e.g. no RelayPool); may become servable without a spec change.
+    Pending {
+        /// Condition reason.
+        reason: &'static str,
+        /// What to do about it.
+        message: String,
+    },
+    /// Cannot be served; the token Secret is removed.
+    Failed {
+        /// Condition reason.
+        reason: &'static str,
+        /// What to do about it.
+        message: String,
+    },
+    /// The TTL has passed; the token Secret is removed.
+    Expired,
+}
+
+/// The window of `stream`, or a message saying why its TTL is unusable.
+pub fn window(stream: &DeviceStream) -> Result<Window, String> {
+    let created = stream
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .ok_or("no creationTimestamp")?;
+    let ttl =
+        humantime::parse_duration(&stream.spec.ttl).map_err(|e| format!("ttl {:?}: {e}", stream.spec.ttl))?;
+    let ttl = i64::try_from(ttl.as_secs()).map_err(|_| "ttl too large".to_owned())?;
+    if ttl < 1 || ttl.unsigned_abs() > tether_proto::token::MAX_LIFETIME_SECS {
+        return Err(format!("ttl {:?} is outside 1s..24h", stream.spec.ttl));
+    }
+    Ok(Window {
+        not_before: created,
+        expires_at: created + ttl,
+    })
+}
+
+/// Decides what to do with `stream` at `now` given its Device and the relay fleet.
+pub fn verdict(
+    stream: &DeviceStream,
+    window: Window,
+    device: Option<&Device>,
+    relay: Option<&RelayInfo>,
+    now: i64,
+) -> Verdict {
+    if now >= window.expires_at {
+        return Verdict::Expired;
+    }
+    let name = &stream.spec.device;
+    let Some(device) = device else {
+        return Verdict::Failed {
+            reason: reasons::DEVICE_NOT_FOUND,
+            message: format!(
+                "Device {name:?} does not exist in this namespace; create it or fix spec.device"
+            ),
+        };
+    };
+    if device.spec.disabled {
+        return Verdict::Failed {
+            reason: reasons::DEVICE_DISABLED,
+            message: format!("Device {name:?} is disabled (spec.disabled); enable it to use this stream"),
+        };
+    }
+    if !device.spec.allowed_ports.contains(&stream.spec.port) {
+        return Verdict::Failed {
+            reason: reasons::PORT_NOT_ALLOWED,
+            message: format!(
+                "port {} is not in Device {name:?} spec.allowedPorts {:?}; add it there or use an allowed port",
+                stream.spec.port, device.spec.allowed_ports
+            ),
+        };
+    }
+    if relay.is_none() {
+        return Verdict::Pending {
+            reason: reasons::NO_RELAY_POOL,
+            message: "no RelayPool exists in the operator's namespace; create one to get a relay endpoint and token".into(),
+        };
+    }
+    Verdict::Serve
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(port: i32) -> DeviceStream {
+        serde_yaml::from_str(&format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: DeviceStream\n\
+             metadata: {{name: s, namespace: ns, uid: u1, creationTimestamp: '2026-01-01T00:00:00Z'}}\n\
+             spec: {{device: pump, port: {port}, ttl: 30m}}\n"
+        ))
+        .expect("fixture")
+    }
+
+    fn device(disabled: bool) -> Device {
+        serde_yaml::from_str(&format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: Device\nmetadata: {{name: pump, namespace: ns}}\n\
+             spec: {{allowedPorts: [22], disabled: {disabled}}}\n"
+        ))
+        .expect("fixture")
+    }
+
+    fn relay() -> RelayInfo {
+        RelayInfo {
+            pool: "r".into(),
+            domain: "relay.test".into(),
+            endpoint: "relay.test:443".into(),
+            members: vec!["r-0".into()],
+        }
+    }
+
+    #[test]
+    fn window_and_verdicts() {
+        let s = stream(22);
+        let w = window(&s).unwrap();
+        assert_eq!(w.expires_at - w.not_before, 1800);
+        let now = w.not_before + 10;
+        assert_eq!(
+            verdict(&s, w, Some(&device(false)), Some(&relay()), now),
+            Verdict::Serve
+        );
+        assert_eq!(
+            verdict(&s, w, Some(&device(false)), Some(&relay()), w.expires_at),
+            Verdict::Expired
+        );
+        let reason = |v| match v {
+            Verdict::Failed { reason, .. } | Verdict::Pending { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            reason(verdict(&s, w, None, Some(&relay()), now)),
+            reasons::DEVICE_NOT_FOUND
+        );
+        assert_eq!(
+            reason(verdict(&s, w, Some(&device(true)), Some(&relay()), now)),
+            reasons::DEVICE_DISABLED
+        );
+        assert_eq!(
+            reason(verdict(&stream(80), w, Some(&device(false)), Some(&relay()), now)),
+            reasons::PORT_NOT_ALLOWED
+        );
+        assert_eq!(
+            reason(verdict(&s, w, Some(&device(false)), None, now)),
+            reasons::NO_RELAY_POOL
+        );
+    }
+}

@@ -1,0 +1,319 @@
+//! End to end: a Device and a DeviceStream applied with the operator running (under its
+//! shipped RBAC); the device credentials and the stream token are taken from their Secrets,
+//! written to files, and a real relay, agent and client (in-process, real TLS and sockets) carry
+//! bytes through the tunnel to an echo service on the "device", and real OpenSSH (`ssh` to an
+//! `sshd`, through a local forward) when `/usr/sbin/sshd` and `ssh` are installed and we are root.
+
+mod opsupport;
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, ensure};
+use opsupport::{apply, secret_value, start_operator};
+use tether_api::{Device, DeviceStream, RelayPool};
+use tether_net::{pki::Ca, tls};
+use tether_proto::name::DeviceKey;
+use tether_tests::testenv::{TestEnv, eventually};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
+
+const DOMAIN: &str = "relay.test";
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn echo_server() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Builds a connect target from a DeviceStream's token Secret.
+async fn target_from_secret(
+    admin: &kube::Client,
+    ns: &str,
+    secret: &str,
+    device: &DeviceKey,
+    port: u16,
+) -> anyhow::Result<tether_cli::connect::Target> {
+    let token = eventually(WAIT, || secret_value(admin, ns, secret, "token")).await?;
+    let server_name = secret_value(admin, ns, secret, "server-name").await?;
+    ensure!(
+        server_name == device.server_name(DOMAIN),
+        "server-name {server_name}"
+    );
+    let endpoint = secret_value(admin, ns, secret, "endpoint").await?;
+    let (host, relay_port) = endpoint.rsplit_once(':').context("endpoint host:port")?;
+    let cas = tls::parse_certs(
+        "CA",
+        "token Secret",
+        secret_value(admin, ns, secret, "ca.crt").await?.as_bytes(),
+    )?;
+    Ok(tether_cli::connect::Target {
+        relay_host: host.to_owned(),
+        relay_port: relay_port.parse()?,
+        relay_domain: DOMAIN.to_owned(),
+        tls: Arc::new(tls::service_client_config(&cas, DOMAIN)?),
+        device: device.clone(),
+        port,
+        token: token.as_str().into(),
+        proxy: None,
+    })
+}
+
+/// A throwaway `sshd` on 127.0.0.1 accepting one generated client key.
+struct Sshd {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl Sshd {
+    /// Starts sshd, or `None` when OpenSSH is missing or we are not root (sshd needs root).
+    async fn start(dir: &std::path::Path) -> anyhow::Result<Option<Self>> {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false);
+        if !root || !std::path::Path::new("/usr/sbin/sshd").exists() || which("ssh").is_none() {
+            return Ok(None);
+        }
+        let dir = dir.join("ssh");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all("/run/sshd")?;
+        for (key, comment) in [("host_key", "host"), ("client_key", "client")] {
+            let st = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(dir.join(key))
+                .status()?;
+            ensure!(st.success(), "ssh-keygen failed");
+        }
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "ListenAddress 127.0.0.1:{port}\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+                 AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
+                 UsePAM no\nStrictModes no\n"
+            ),
+        )?;
+        let child = std::process::Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let sshd = Self { port, dir, child };
+        eventually(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            Ok(())
+        })
+        .await?;
+        Ok(Some(sshd))
+    }
+
+    /// Runs `command` over ssh to 127.0.0.1:`port` (the tunnel's local end); returns stdout.
+    async fn run_ssh(&self, port: u16, command: &str) -> anyhow::Result<String> {
+        let key = self.dir.join("client_key");
+        let command = command.to_owned();
+        // Blocking wait on a blocking thread: the test runtime keeps serving the forward.
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("ssh")
+                .args([
+                    "-F",
+                    "/dev/null",
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                ])
+                .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=20", "-i"])
+                .arg(key)
+                .args(["-p", &port.to_string(), "root@127.0.0.1", &command])
+                .output()
+        })
+        .await??;
+        ensure!(
+            out.status.success(),
+            "ssh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(bin))
+        .find(|p| p.exists())
+}
+
+#[tokio::test]
+async fn device_and_stream_secrets_open_a_tunnel_through_a_real_relay_and_agent() -> anyhow::Result<()> {
+    let Some(env) =
+        TestEnv::attach("device_and_stream_secrets_open_a_tunnel_through_a_real_relay_and_agent").await
+    else {
+        return Ok(());
+    };
+    env.with_temp_ns("op-e2e", |env, ns| async move {
+        let operator = start_operator(&env, &ns).await?;
+        let admin = env.client();
+        let dir = tempfile::tempdir()?;
+        let write = |name: &str, text: &str| -> anyhow::Result<std::path::PathBuf> {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text)?;
+            Ok(p)
+        };
+
+        // The relay trusts the operator's CA and token key (from the trust-anchor Secrets).
+        let (ca_cert, ca_key) = eventually(WAIT, || async {
+            Ok((
+                secret_value(&admin, &operator.ns, "tether-ca", "tls.crt").await?,
+                secret_value(&admin, &operator.ns, "tether-ca", "tls.key").await?,
+            ))
+        })
+        .await?;
+        let token_pub = eventually(WAIT, || secret_value(&admin, &operator.ns, "tether-token-key", "public.pem")).await?;
+        let ca = Ca::from_pem(&ca_cert, &ca_key)?;
+        let serving = ca.issue_server(&[DOMAIN.to_owned()], &[Ipv4Addr::LOCALHOST.into()], Duration::from_secs(86_400))?;
+        let files = tether_relay::TlsFiles {
+            cert: &write("relay.crt", &serving.cert_pem)?,
+            key: &write("relay.key", &serving.key_pem)?,
+            client_ca: &write("relay-ca.crt", &ca_cert)?,
+            token_public_key: &write("token.pub", &token_pub)?,
+        };
+        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let config = tether_relay::RelayConfig::load(
+            loopback,
+            loopback,
+            DOMAIN,
+            "test.tether",
+            files,
+            tether_relay::Limits::default(),
+        )?;
+        let relay = tether_relay::Relay::bind(config).await?;
+        let relay_addr = relay.local_addr();
+        let stop_relay = CancellationToken::new();
+        let relay_task = tokio::spawn(relay.run(stop_relay.clone()));
+
+        // The user path: a RelayPool (advertising the local relay), a Device, a DeviceStream.
+        let op_ns = &operator.ns;
+        apply::<RelayPool>(&admin, op_ns, &format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: RelayPool\n\
+             metadata: {{name: relays, namespace: {op_ns}, annotations: {{tether.dev/endpoint: '{relay_addr}'}}}}\n\
+             spec: {{relayDomain: {DOMAIN}, minReplicas: 1, maxReplicas: 2}}\n"
+        ))
+        .await?;
+        apply::<Device>(&admin, &ns, &format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: Device\nmetadata: {{name: pump-7, namespace: {ns}}}\n\
+             spec: {{allowedPorts: [7, 22]}}\n"
+        ))
+        .await?;
+        for (name, port) in [("pump-7-echo", 7), ("pump-7-ssh", 22)] {
+            apply::<DeviceStream>(&admin, &ns, &format!(
+                "apiVersion: tether.dev/v1alpha1\nkind: DeviceStream\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+                 spec: {{device: pump-7, port: {port}, ttl: 10m}}\n"
+            ))
+            .await?;
+        }
+
+        // The device: its credentials Secret, written to files, configures the agent.
+        let creds = "pump-7-tether-credentials";
+        let endpoint = eventually(WAIT, || secret_value(&admin, &ns, creds, "relay-endpoint")).await?;
+        ensure!(endpoint == relay_addr.to_string(), "relay-endpoint {endpoint}");
+        let relay_domain = secret_value(&admin, &ns, creds, "relay-domain").await?;
+        let device: DeviceKey = DeviceKey::parse(&secret_value(&admin, &ns, creds, "device").await?)?;
+        let (host, port) = endpoint.rsplit_once(':').context("endpoint host:port")?;
+        let mut agent_config = tether_agent::Config::new(
+            host,
+            port.parse()?,
+            relay_domain.clone(),
+            write("device.crt", &secret_value(&admin, &ns, creds, "tls.crt").await?)?,
+            write("device.key", &secret_value(&admin, &ns, creds, "tls.key").await?)?,
+            write("device-ca.crt", &secret_value(&admin, &ns, creds, "ca.crt").await?)?,
+        );
+        agent_config.device = Some(device.clone());
+        agent_config.proxy_from_env = false;
+        let echo = echo_server().await?;
+        let sshd = Sshd::start(dir.path()).await?;
+        let mut allow = BTreeMap::from([(7, tether_agent::config::Target { host: echo.ip().to_string(), port: echo.port() })]);
+        if let Some(sshd) = &sshd {
+            allow.insert(22, tether_agent::config::Target { host: "127.0.0.1".into(), port: sshd.port });
+        }
+        agent_config.allow = allow;
+        let agent = tether_agent::Agent::new(agent_config)?;
+        let mut state = agent.state();
+        let stop_agent = CancellationToken::new();
+        let agent_task = tokio::spawn(agent.run(stop_agent.clone()));
+        tokio::time::timeout(WAIT, state.wait_for(|s| matches!(s, tether_agent::AgentState::Connected { .. })))
+            .await
+            .context("agent did not connect")??;
+
+        // The user: the token Secret (token, endpoint, server name, CA) opens the stream.
+        let target = target_from_secret(&admin, &ns, "pump-7-echo-tether-token", &device, 7).await?;
+        let mut stream = tether_cli::connect::open(&target).await?;
+        let msg = b"hello through the operator's credentials\n";
+        stream.tls.write_all(msg).await?;
+        stream.tls.flush().await?;
+        let mut got = stream.early.to_vec();
+        while got.len() < msg.len() {
+            let mut buf = [0u8; 256];
+            let n = tokio::time::timeout(WAIT, stream.tls.read(&mut buf)).await.context("echo timed out")??;
+            ensure!(n > 0, "tunnel closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        ensure!(got == msg, "echo mismatch: {:?}", String::from_utf8_lossy(&got));
+
+        // A token for another port is refused by the relay/agent (consent is per port).
+        let mut wrong = target.clone();
+        wrong.port = 2222;
+        ensure!(tether_cli::connect::open(&wrong).await.is_err(), "a token for port 7 opened port 2222");
+
+        // Real OpenSSH through a local forward (`tether connect --listen`) with the ssh stream's token.
+        if let Some(sshd) = &sshd {
+            let target = target_from_secret(&admin, &ns, "pump-7-ssh-tether-token", &device, 22).await?;
+            let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+            let local = listener.local_addr()?;
+            let stop_fwd = CancellationToken::new();
+            let fwd = tokio::spawn(tether_cli::connect::listen(target, listener, stop_fwd.clone()));
+            let out = sshd.run_ssh(local.port(), "echo tether-ssh-ok; uname -s").await?;
+            ensure!(out.contains("tether-ssh-ok"), "ssh output: {out}");
+            stop_fwd.cancel();
+            let _ = fwd.await;
+        } else {
+            eprintln!("note: OpenSSH part skipped (needs root, /usr/sbin/sshd and ssh)");
+        }
+
+        drop(stream);
+        stop_agent.cancel();
+        let _ = agent_task.await;
+        stop_relay.cancel();
+        let _ = relay_task.await;
+        operator.stop().await
+    })
+    .await
+}

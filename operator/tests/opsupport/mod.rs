@@ -1,0 +1,237 @@
+//! Shared helpers for the operator's tests against the real API server: install the CRDs, apply
+//! the shipped RBAC into a test namespace, and run the operator in-process under its own
+//! ServiceAccount token.
+
+#![allow(dead_code)]
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use tether_operator::args::{Args, Controller};
+use tether_tests::testenv::{TempNs, TestEnv, run};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The workspace root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Applies `crds/*.yaml` (server-side, so concurrent tests agree) and waits until served.
+pub fn install_crds(env: &TestEnv) -> anyhow::Result<()> {
+    run(env
+        .kubectl()
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(repo().join("crds")))?;
+    for crd in [
+        "devices.tether.dev",
+        "devicestreams.tether.dev",
+        "relaypools.tether.dev",
+    ] {
+        run(env
+            .kubectl()
+            .args(["wait", "--for=condition=Established", "--timeout=60s"])
+            .arg(format!("crd/{crd}")))?;
+    }
+    Ok(())
+}
+
+/// `kubectl apply -f -` with `yaml` on stdin; returns (success, stdout + stderr).
+pub fn kubectl_apply(env: &TestEnv, yaml: &str, extra: &[&str]) -> anyhow::Result<(bool, String)> {
+    use std::io::Write as _;
+    let mut child = env
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().context("stdin")?.write_all(yaml.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+/// Name suffix for cluster-scoped RBAC objects of the test namespace `ns`.
+fn cluster_name(name: &str, ns: &str) -> String {
+    format!("{name}-{ns}")
+}
+
+/// Applies `deploy/operator/rbac.yaml` with the operator namespace replaced by `ns` and
+/// cluster-scoped names suffixed with `-<ns>` (so tests run side by side).
+pub fn apply_shipped_rbac(env: &TestEnv, ns: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(repo().join("deploy/operator/rbac.yaml"))?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let mut v: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        let kind = v["kind"].as_str().unwrap_or_default().to_owned();
+        if matches!(kind.as_str(), "ClusterRole" | "ClusterRoleBinding") {
+            let name = v["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            v["metadata"]["name"] = cluster_name(&name, ns).into();
+        } else {
+            v["metadata"]["namespace"] = ns.into();
+        }
+        if kind == "ClusterRoleBinding" {
+            let role = v["roleRef"]["name"].as_str().unwrap_or_default().to_owned();
+            v["roleRef"]["name"] = cluster_name(&role, ns).into();
+        }
+        if let Some(subjects) = v["subjects"].as_array_mut() {
+            for s in subjects {
+                s["namespace"] = ns.into();
+            }
+        }
+        docs.push(serde_yaml::to_string(&v)?);
+    }
+    let (ok, out) = kubectl_apply(env, &docs.join("---\n"), &[])?;
+    anyhow::ensure!(ok, "applying the shipped RBAC failed: {out}");
+    Ok(())
+}
+
+/// Deletes the cluster-scoped RBAC objects of [`apply_shipped_rbac`].
+pub fn delete_shipped_rbac(env: &TestEnv, ns: &str) {
+    let _ = env
+        .kubectl()
+        .args(["delete", "--ignore-not-found", "clusterrolebinding,clusterrole"])
+        .arg(cluster_name("tether-operator", ns))
+        .output();
+}
+
+/// An operator running in-process.
+pub struct Operator {
+    /// The operator's namespace (trust anchors, Lease, RelayPool), distinct from the watched one
+    /// so that RBAC is exercised across namespaces.
+    pub ns: String,
+    /// Stops it.
+    pub shutdown: CancellationToken,
+    /// Its task; `Ok` after a clean shutdown.
+    pub task: JoinHandle<Result<(), tether_operator::RunError>>,
+    env: TestEnv,
+    _guard: TempNs,
+}
+
+impl Operator {
+    /// Stops the operator and checks it shut down cleanly.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let res = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+        delete_shipped_rbac(&self.env, &self.ns);
+        res.context("operator did not stop within 30 s")??
+            .context("operator failed")?;
+        Ok(())
+    }
+}
+
+/// Test arguments: operator namespace `ns`, watching `watch_ns`, fast trust retry.
+pub fn args(ns: &str, watch_ns: &str, identity: &str) -> Args {
+    Args {
+        namespace: ns.to_owned(),
+        watch_namespace: Some(watch_ns.to_owned()),
+        trust_domain: "test.tether".into(),
+        admin_addr: "127.0.0.1:0".parse().expect("addr"),
+        lease_name: "tether-operator".into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(15),
+        trust_retry: Duration::from_secs(1),
+        controllers: vec![Controller::Device, Controller::DeviceStream],
+    }
+}
+
+/// A fresh namespace for the operator (deleted when the guard drops).
+pub async fn operator_ns(env: &TestEnv) -> anyhow::Result<TempNs> {
+    env.temp_ns("tether-sys").await
+}
+
+/// Starts the operator in a fresh namespace, watching `watch_ns`; see [`start_operator_in`].
+pub async fn start_operator(env: &TestEnv, watch_ns: &str) -> anyhow::Result<Operator> {
+    start_operator_in(env, operator_ns(env).await?, watch_ns).await
+}
+
+/// Applies the shipped RBAC into the operator namespace `op` and starts the Device and
+/// DeviceStream controllers watching `watch_ns` under the `tether-operator` ServiceAccount's
+/// token (so any permission missing from the YAML fails).
+pub async fn start_operator_in(env: &TestEnv, op: TempNs, watch_ns: &str) -> anyhow::Result<Operator> {
+    install_crds(env)?;
+    let ns = op.name().to_owned();
+    apply_shipped_rbac(env, &ns)?;
+    let client = env.service_account_client(&ns, "tether-operator").await?;
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(tether_operator::run_with_client(
+        client,
+        args(&ns, watch_ns, "test-operator"),
+        shutdown.clone(),
+    ));
+    Ok(Operator {
+        ns,
+        shutdown,
+        task,
+        env: env.clone(),
+        _guard: op,
+    })
+}
+
+/// Server-side applies a manifest (YAML) as the admin with the tests' field manager.
+pub async fn apply<K>(client: &Client, ns: &str, yaml: &str) -> anyhow::Result<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let obj: K = serde_yaml::from_str(yaml)?;
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::apply(tether_tests::testenv::FIELD_MANAGER).force(),
+            &Patch::Apply(&obj),
+        )
+        .await?)
+}
+
+/// The string value of `key` in Secret `ns/name` (admin read).
+pub async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> anyhow::Result<String> {
+    let s = Api::<Secret>::namespaced(client.clone(), ns).get(name).await?;
+    let v = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .with_context(|| format!("Secret {name} has no {key}"))?;
+    Ok(String::from_utf8(v.0.clone())?)
+}
+
+/// Events (events.k8s.io) in `ns` about object `name`, as `(type, reason)`.
+pub async fn events_for(client: &Client, ns: &str, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default()))
+        .collect())
+}
+
+/// Waits until there is an Event about `name` with `reason`.
+pub async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> anyhow::Result<String> {
+    tether_tests::testenv::eventually(Duration::from_secs(30), || async {
+        let events = events_for(client, ns, name).await?;
+        events
+            .iter()
+            .find(|(_, r)| r == reason)
+            .map(|(t, _)| t.clone())
+            .with_context(|| format!("no Event {reason} for {name}; have {events:?}"))
+    })
+    .await
+}

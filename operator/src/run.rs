@@ -186,7 +186,10 @@ async fn lead(
         )));
     }
     if args.runs(Controller::RelayPool) {
-        controllers.push(Box::pin(crate::relaypool::controller(ctx.clone(), leading.clone())));
+        controllers.push(Box::pin(crate::relaypool::controller(
+            ctx.clone(),
+            leading.clone(),
+        )));
     }
     tracing::info!(controllers = ?args.controllers, "starting controllers");
     join_all(controllers).await;

@@ -156,6 +156,12 @@ pub fn status(
         ),
     };
     let serving = matches!(verdict, Verdict::Serve);
+    // Relays report `Active` while connections are open; a servable stream keeps that phase
+    // rather than being reset to `Ready` by the next reconcile.
+    let phase = match stream.status.as_ref().and_then(|s| s.phase) {
+        Some(StreamPhase::Active) if serving => StreamPhase::Active,
+        _ => phase,
+    };
     let existing = stream
         .status
         .as_ref()
@@ -189,4 +195,51 @@ pub fn status_changed(current: Option<&DeviceStreamStatus>, desired: &DeviceStre
         || c.expires_at != desired.expires_at
         || c.observed_generation != desired.observed_generation
         || c.conditions != desired.conditions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_active_stream_stays_active_while_servable() {
+        let mut stream: DeviceStream = serde_yaml::from_str(
+            "apiVersion: tether.dev/v1alpha1\nkind: DeviceStream\n\
+             metadata: {name: s, namespace: ns, uid: u1, creationTimestamp: '2026-01-01T00:00:00Z'}\n\
+             spec: {device: pump, port: 22, ttl: 30m}\nstatus: {phase: Active}\n",
+        )
+        .expect("fixture");
+        let route = Route {
+            endpoint: "r:443".into(),
+            server_name: "pump.ns.r".into(),
+            relay: Some("r-0".into()),
+        };
+        let st = status(
+            &stream,
+            &Verdict::Serve,
+            None,
+            Some(&route),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(st.phase, Some(StreamPhase::Active));
+        assert_eq!(st.token_secret.as_deref(), Some("s-tether-token"));
+        let st = status(
+            &stream,
+            &Verdict::Expired,
+            None,
+            Some(&route),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(st.phase, Some(StreamPhase::Expired));
+        assert_eq!(st.endpoint, None);
+        stream.status = None;
+        let st = status(
+            &stream,
+            &Verdict::Serve,
+            None,
+            Some(&route),
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(st.phase, Some(StreamPhase::Ready));
+    }
 }

@@ -107,7 +107,9 @@ async fn serve(
     let mut tcp = tcp;
     // copy_bidirectional keeps each direction running until its own EOF and propagates
     // half-close, unlike select! over two copies (which cuts the other direction short).
-    match tokio::io::copy_bidirectional(&mut tunnel, &mut tcp).await {
+    // 64 KiB per direction (tokio's default is 8 KiB): fewer wake-ups and h2 frames per byte;
+    // measured +23% download and +36% for ten parallel streams (docs/benchmarks.md).
+    match tokio::io::copy_bidirectional_with_sizes(&mut tunnel, &mut tcp, 64 * 1024, 64 * 1024).await {
         Ok((to_target, from_target)) => info!(to_target, from_target, "stream closed"),
         Err(e) => info!(error = %e, "stream ended with an error"),
     }

@@ -144,6 +144,27 @@ pub fn machine() -> serde_json::Value {
     })
 }
 
+/// The checkout's commit (`git rev-parse --short HEAD`), with `+dirty` when tracked files differ
+/// from it; `unknown` outside a git checkout.
+pub fn git_commit() -> String {
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match run(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => {
+            let dirty =
+                run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+            if dirty { format!("{commit}+dirty") } else { commit }
+        }
+        None => "unknown".into(),
+    }
+}
+
 /// `rustc --version`, if rustc is on the PATH.
 pub fn rustc_version() -> String {
     Command::new("rustc")

@@ -46,6 +46,7 @@ impl Results {
     pub fn new(profile: &Profile, rathole_bin: Option<&Path>) -> Self {
         let versions = serde_json::json!({
             "tether": env!("CARGO_PKG_VERSION"),
+            "tether_commit": crate::proc_stats::git_commit(),
             "rustc": crate::proc_stats::rustc_version(),
             "rustls": "0.23 (ring provider, Tether's cipher order)",
             "rathole": rathole_bin.and_then(rathole::version).unwrap_or_else(|| "not available".into()),
@@ -286,7 +287,7 @@ fn generated(results: &Results) -> String {
     let _ = writeln!(
         md,
         "Run: {} ({} profile, {:.0} s). Machine: {} ({} cores, {} GiB, Linux {}, load average {} at start). \
-         Versions: tether {}, {}, {}, {}.\n",
+         Versions: tether {} (commit {}), {}, rustls {}, {}.\n",
         results.date,
         results.profile.name,
         results.elapsed_secs,
@@ -296,6 +297,7 @@ fn generated(results: &Results) -> String {
         m["kernel"].as_str().unwrap_or("?"),
         m["loadavg"].as_str().unwrap_or("?"),
         v["tether"].as_str().unwrap_or("?"),
+        v["tether_commit"].as_str().unwrap_or("?"),
         v["rustc"].as_str().unwrap_or("?"),
         v["rustls"].as_str().unwrap_or("?"),
         v["rathole"].as_str().unwrap_or("?"),

@@ -170,8 +170,11 @@ pub fn relay_server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_DEVICE.to_vec(), ALPN_SERVICE.to_vec()];
-    // Tickets let reconnecting agents and clients resume without a full handshake.
+    // Tickets let reconnecting agents and clients resume without a full handshake. A stateless
+    // ticketer (rotating keys, ring) instead of the default 256-entry session cache, which many
+    // clients would thrash.
     config.send_tls13_tickets = 2;
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(config)
 }
 

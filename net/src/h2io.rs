@@ -17,11 +17,14 @@ use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Per-stream receive window. The h2 default (64 KiB) caps one stream at 64 KiB per round trip;
-/// 1 MiB sustains ~160 Mbit/s per stream at 50 ms RTT. Larger windows did not raise loopback
-/// throughput but let a bulk stream queue more bytes ahead of an interactive one on the shared
-/// connection (4 MiB: ~30 ms p99 for a shell next to a saturating copy; see docs/benchmarks.md).
-pub const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Per-stream receive window. It bounds how many bytes of one stream can be in flight on the shared
+/// device connection, i.e. how long an interactive stream's next frame waits behind a bulk copy.
+/// Measured on loopback (docs/benchmarks.md): 4 MiB gave ~30 ms interactive p99 next to a
+/// saturating copy, 1 MiB ~4 ms, 256 KiB ~1.8 ms, with no loss of bulk throughput. On a 10 Mbit/s
+/// device uplink 256 KiB is ~200 ms of queue (1 MiB would be ~0.8 s). The cost: one stream tops
+/// out at ~5 MiB/s at 50 ms RTT (parallel streams add up, under [`CONNECTION_WINDOW`]). An
+/// adaptive, BDP-estimated window (as hyper does with PINGs) would lift that; see the benchmarks.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
 /// Connection receive window, shared by all streams of one device connection: room for several
 /// streams at full speed.
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;

@@ -5,12 +5,15 @@
 //! * [`pki`]: a small CA that issues relay serving certificates and device client certificates.
 //! * [`h2io`]: an HTTP/2 stream as `AsyncRead + AsyncWrite`, and the HTTP/2 tuning both ends use.
 //! * [`dial`]: outbound TCP, directly or through an HTTP `CONNECT` proxy (`HTTPS_PROXY`).
+//! * `admin` (feature `admin`): the `/metrics`, `/ready`, `/live` server of relays and the operator.
 //!
 //! It is a separate crate from `tether-proto` because that one stays sans-IO; see
 //! docs/architecture.md.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod dial;
 pub mod h2io;
 pub mod pki;

@@ -11,7 +11,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod args;
 pub mod autoscale;
 pub mod backoff;

@@ -89,7 +89,7 @@ pub async fn run_with_client(
             source,
         })?;
     tracing::info!(addr = %listener.local_addr().unwrap_or(args.admin_addr), "admin server listening");
-    let admin = tokio::spawn(crate::admin::serve(
+    let admin = tokio::spawn(tether_net::admin::serve(
         listener,
         metrics::registry().clone(),
         ready.clone(),

@@ -4,7 +4,7 @@
 //! [`handshake`] reads the ClientHello (SNI names the device), terminates TLS and, by ALPN, hands
 //! it to [`device`] (an agent's long-lived HTTP/2 session) or [`service`] (one tunnelled TCP
 //! connection: CONNECT + token, then a spliced HTTP/2 stream to the agent). [`registry`] holds
-//! live sessions, [`admin`] serves metrics and health, and [`Relay::run`] drains on shutdown.
+//! live sessions, `tether_net::admin` serves metrics and health, and [`Relay::run`] drains on shutdown.
 //!
 //! Standalone mode is this crate with every device local. The fleet (Kubernetes membership, SNI
 //! forwarding, revocation watch) plugs in at the routing point in [`handshake`] and through
@@ -12,7 +12,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod args;
 pub mod config;
 pub mod device;
@@ -189,7 +188,12 @@ impl Relay {
             ready,
         } = self;
         let admin_stop = CancellationToken::new();
-        let admin_task = tokio::spawn(admin::serve(admin, registry, ready.clone(), admin_stop.clone()));
+        let admin_task = tokio::spawn(tether_net::admin::serve(
+            admin,
+            registry,
+            ready.clone(),
+            admin_stop.clone(),
+        ));
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
         let accept_task = tokio::spawn(listener::accept_loop(

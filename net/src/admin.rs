@@ -1,4 +1,6 @@
-//! The admin HTTP server, on its own port: `/metrics`, `/ready` and `/live`.
+//! The admin HTTP server of the relay and the operator, on its own port: `/metrics` (the
+//! component's Prometheus registry), `/ready` (the component's readiness flag: false while starting
+//! or draining, or for an operator without its trust anchors) and `/live`.
 
 use std::{
     net::SocketAddr,

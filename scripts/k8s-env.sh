@@ -198,7 +198,9 @@ pid_ok() {
 wait_ready() {
   local name=$1 url=$2 deadline=$(( $(date +%s) + START_TIMEOUT )); shift 2
   until curl -sf -o /dev/null "$@" "$url"; do
-    if ! pid_ok "$name"; then
+    # kill -0, not pid_ok: right after `nohup ... &` the child may not have exec'd yet, so its
+    # cmdline is still this script's and pid_ok's check would report a live process as gone.
+    if ! kill -0 "$(<"$RUN_DIR/$name.pid")" 2>/dev/null; then
       show_tail "$RUN_DIR/logs/$name.log"; stop_all; die "$name exited during start-up"
     fi
     if (( $(date +%s) > deadline )); then

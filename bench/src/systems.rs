@@ -8,17 +8,13 @@
 
 use std::{
     collections::BTreeMap,
-    io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
     time::Duration,
 };
 
 use anyhow::Context as _;
-use bytes::{Buf, Bytes};
 use rustls_pki_types::ServerName;
 use tether_cli::{
     connect,
@@ -28,7 +24,7 @@ use tether_net::{pki::Ca, tls};
 use tether_proto::name::DeviceKey;
 use tether_relay::Limits;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
 };
 
@@ -116,48 +112,12 @@ impl Dialer {
             }
             Self::Tether(target) => {
                 let stream = connect::open(target).await?;
-                Ok(Box::new(Early {
-                    early: stream.early,
-                    inner: stream.tls,
-                }))
+                Ok(Box::new(tether_net::rewind::Rewind::new(
+                    stream.early,
+                    stream.tls,
+                )))
             }
         }
-    }
-}
-
-/// A stream with bytes already read in front of it (a Tether stream's early bytes).
-struct Early<S> {
-    early: Bytes,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Early<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.early.is_empty() {
-            let n = self.early.len().min(buf.remaining());
-            buf.put_slice(&self.early[..n]);
-            self.early.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Early<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

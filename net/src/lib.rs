@@ -2,6 +2,7 @@
 //!
 //! * [`tls`]: rustls configurations for each role, PEM loading with clear errors, and the verifier
 //!   that checks the relay's certificate against the relay's name while SNI names the device.
+//! * [`rewind`]: a stream that replays bytes already read from it.
 //! * [`pki`]: a small CA that issues relay serving certificates and device client certificates.
 //! * [`h2io`]: an HTTP/2 stream as `AsyncRead + AsyncWrite`, and the HTTP/2 tuning both ends use.
 //! * [`dial`]: outbound TCP, directly or through an HTTP `CONNECT` proxy (`HTTPS_PROXY`).
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod dial;
 pub mod h2io;
 pub mod pki;
+pub mod rewind;
 pub mod tls;
 
 /// Installs the process-wide rustls crypto provider (ring). Binaries call it first thing in `main`;

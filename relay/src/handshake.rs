@@ -18,7 +18,9 @@ use tokio::{
 };
 use tokio_rustls::server::TlsStream;
 
-use crate::{Shared, device, metrics::Side, rewind::Rewind, service};
+use tether_net::rewind::Rewind;
+
+use crate::{Shared, device, metrics::Side, service};
 
 /// The TLS stream type of an accepted connection.
 pub(crate) type Tls = TlsStream<Rewind<TcpStream>>;

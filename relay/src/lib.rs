@@ -19,7 +19,6 @@ pub mod handshake;
 pub mod listener;
 pub mod metrics;
 pub mod registry;
-pub mod rewind;
 pub mod service;
 pub mod splice;
 

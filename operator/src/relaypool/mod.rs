@@ -62,11 +62,7 @@ use kube::{
     Api, Resource, ResourceExt,
     core::DeserializeGuard,
     runtime::{
-        Controller, WatchStreamExt,
-        controller::Action,
-        events::{Event, EventType},
-        reflector,
-        reflector::ObjectRef,
+        Controller, WatchStreamExt, controller::Action, events::EventType, reflector, reflector::ObjectRef,
         watcher,
     },
 };
@@ -316,27 +312,6 @@ fn error_policy(_pool: Arc<DeserializeGuard<RelayPool>>, error: &Error, _ctx: Ar
     Action::requeue(ERROR_REQUEUE)
 }
 
-async fn publish(
-    ctx: &Context,
-    pool: &RelayPool,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    // Events are best effort: a failure to publish one must not fail the reconcile.
-    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
-        warn!(error = %e, "cannot publish Event");
-    }
-}
-
 /// Reconciles one RelayPool.
 #[instrument(skip_all, fields(pool = %guard.name_any(), namespace = guard.namespace().unwrap_or_default()))]
 async fn reconcile(guard: Arc<DeserializeGuard<RelayPool>>, pctx: Arc<PoolContext>) -> Result<Action, Error> {
@@ -372,7 +347,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<RelayPool>>, pctx: Arc<PoolContex
             )
             .await?;
             if !was_invalid {
-                publish(
+                crate::k8s::publish(
                     ctx,
                     pool,
                     EventType::Warning,
@@ -412,7 +387,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<RelayPool>>, pctx: Arc<PoolContex
                     .issue_server(&dns, &[], validate::CERT_VALIDITY)
                     .map_err(Error::Certificate)?;
                 let note = format!("issued a serving certificate for {}", dns.join(", "));
-                publish(
+                crate::k8s::publish(
                     ctx,
                     pool,
                     EventType::Normal,
@@ -455,16 +430,16 @@ async fn reconcile(guard: Arc<DeserializeGuard<RelayPool>>, pctx: Arc<PoolContex
             Some(from) if to > from => {
                 let note = format!("scaled up from {from} to {to} relays ({load})");
                 info!(from, to, "{note}");
-                publish(ctx, pool, EventType::Normal, "ScaledUp", "Scale", note).await;
+                crate::k8s::publish(ctx, pool, EventType::Normal, "ScaledUp", "Scale", note).await;
             }
             Some(from) => {
                 let note = format!("scaled down from {from} to {to} relays ({load})");
                 info!(from, to, "{note}");
-                publish(ctx, pool, EventType::Normal, "ScaledDown", "Scale", note).await;
+                crate::k8s::publish(ctx, pool, EventType::Normal, "ScaledDown", "Scale", note).await;
             }
             None => {
                 let note = format!("started with {to} relays ({load})");
-                publish(ctx, pool, EventType::Normal, "Scaled", "Scale", note).await;
+                crate::k8s::publish(ctx, pool, EventType::Normal, "Scaled", "Scale", note).await;
             }
         }
     }

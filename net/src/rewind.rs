@@ -1,7 +1,8 @@
 //! A stream that replays bytes already read from it before reading on.
 //!
 //! The relay reads the ClientHello itself to route a connection, then hands the connection to
-//! rustls, which must see those bytes again.
+//! rustls, which must see those bytes again; a client that read tunnel bytes together with the
+//! relay's answer replays them the same way.
 
 use std::{
     io,

@@ -182,16 +182,6 @@ impl RelayProcess {
                 max_connections: None,
             },
         )?;
-        let cas = tls::parse_certs("CA", "bench", self.ca.cert_pem().as_bytes())?;
-        Ok(connect::Target {
-            relay_host: "127.0.0.1".into(),
-            relay_port: self.addr.port(),
-            relay_domain: RELAY_DOMAIN.into(),
-            tls: Arc::new(tls::service_client_config(&cas, RELAY_DOMAIN)?),
-            device: device.clone(),
-            port,
-            token: token.into(),
-            proxy: None,
-        })
+        tether_cli::testbed::loopback_target(self.ca.cert_pem(), self.addr.port(), device, port, &token)
     }
 }

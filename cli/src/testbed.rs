@@ -212,17 +212,7 @@ impl Testbed {
     /// # Errors
     /// CA loading.
     pub fn target(&self, device: &DeviceKey, port: u16, token: &str) -> anyhow::Result<connect::Target> {
-        let cas = tls::parse_certs("CA", "testbed", self.ca.cert_pem().as_bytes())?;
-        Ok(connect::Target {
-            relay_host: "127.0.0.1".into(),
-            relay_port: self.relay_addr.port(),
-            relay_domain: RELAY_DOMAIN.into(),
-            tls: Arc::new(tls::service_client_config(&cas, RELAY_DOMAIN)?),
-            device: device.clone(),
-            port,
-            token: token.into(),
-            proxy: None,
-        })
+        loopback_target(self.ca.cert_pem(), self.relay_addr.port(), device, port, token)
     }
 
     /// The relay's CA certificate, PEM.
@@ -235,4 +225,29 @@ impl Testbed {
         self.shutdown.cancel();
         let _ = self.relay_task.await;
     }
+}
+
+/// A connect target for `device:port` through a relay on `127.0.0.1:relay_port` whose certificate
+/// was issued by `ca_pem` for [`RELAY_DOMAIN`] (testbeds and the benchmark's relay process).
+///
+/// # Errors
+/// CA loading.
+pub fn loopback_target(
+    ca_pem: &str,
+    relay_port: u16,
+    device: &DeviceKey,
+    port: u16,
+    token: &str,
+) -> anyhow::Result<connect::Target> {
+    let cas = tls::parse_certs("CA", "loopback relay", ca_pem.as_bytes())?;
+    Ok(connect::Target {
+        relay_host: "127.0.0.1".into(),
+        relay_port,
+        relay_domain: RELAY_DOMAIN.into(),
+        tls: Arc::new(tls::service_client_config(&cas, RELAY_DOMAIN)?),
+        device: device.clone(),
+        port,
+        token: token.into(),
+        proxy: None,
+    })
 }

@@ -36,15 +36,30 @@ install_system_packages() {
   fi
 }
 
+# Each suite's output goes to the terminal and to $LOG_DIR/<suite>.log; the summary at the end
+# repeats the lines that explain a failure, so the tail of a long CI log still says why.
+LOG_DIR=${TETHER_TEST_LOG_DIR:-$ROOT/target/test-logs}
+mkdir -p "$LOG_DIR"
+
 run_suite() {
   local name=$1; shift
   log "suite $name: $*"
   local t0=$SECONDS
-  if "$@"; then
+  if "$@" 2>&1 | tee "$LOG_DIR/$name.log"; then
     passed=$((passed + 1)); log "suite $name passed in $((SECONDS - t0)) s"
   else
     failed=$((failed + 1)); failed_names+=("$name"); log "suite $name FAILED after $((SECONDS - t0)) s"
   fi
+}
+
+# For a failed suite: the lines that usually name the cause, then the suite's last lines.
+explain_failure() {
+  local f=$LOG_DIR/$1.log
+  log "---- why suite $1 failed (full log: $f) ----"
+  grep -n -E "panicked at|^test .* FAILED|^---- .* stdout ----|error(\[E[0-9]+\])?:|ERROR|Error:|failed|FAIL:|timed out" "$f" |
+    grep -v -E "^[0-9]+:test result: ok" | head -n 60
+  printf -- '---- last 40 lines of %s ----\n' "$f"
+  tail -n 40 "$f"
 }
 
 lint() {
@@ -85,6 +100,7 @@ wants e2e && run_suite e2e e2e
 wants k8s && run_suite k8s k8s
 wants bench && run_suite bench bench
 
+for name in "${failed_names[@]}"; do explain_failure "$name"; done
 log "failed suites: ${failed_names[*]:-none}"
 echo "suites: $passed passed, $failed failed"
 ((failed == 0))

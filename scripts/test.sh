@@ -16,6 +16,8 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
+# A one-off build (CI) gains nothing from incremental artifacts: they only cost disk and time.
+[[ -n ${CI:-} ]] && export CARGO_INCREMENTAL=0
 SUITES=("$@")
 ((${#SUITES[@]})) || SUITES=(lint unit+int e2e k8s bench)
 passed=0 failed=0 failed_names=()
@@ -60,6 +62,7 @@ explain_failure() {
     grep -v -E "^[0-9]+:test result: ok" | head -n 60
   printf -- '---- last 40 lines of %s ----\n' "$f"
   tail -n 40 "$f"
+  printf -- '---- free disk: %s\n' "$(df -h "$ROOT" | tail -n 1)"
 }
 
 lint() {
@@ -89,6 +92,7 @@ bench() {
 
 export PATH=$PATH:/usr/local/go/bin:$HOME/.cargo/bin
 install_system_packages
+log "disk: $(df -h "$ROOT" | tail -n 1); $(nproc) cores"
 if wants k8s; then
   log "starting the Kubernetes control-plane build in the background (cached when unchanged)"
   scripts/k8s-env.sh build --detach || log "WARNING: could not start the background build; the k8s suite will build in the foreground"

@@ -29,14 +29,36 @@ use crate::{
 const RELAY_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Serves one device connection until it closes, is replaced, or the relay stops.
-pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
+pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
+    // The handshake's futures are large (TLS stream, preface, HTTP/2 handshake) but short-lived.
+    // Boxed, they are freed once the session runs, so the task that lives as long as the device
+    // holds only the session: with thousands of idle devices this is most of the relay's memory.
+    let Some(session) = Box::pin(establish(&shared, accepted)).await else {
+        return;
+    };
+    run_session(shared, session).await;
+}
+
+/// An established device connection, ready to carry streams.
+struct Established {
+    device: DeviceKey,
+    agent_version: String,
+    send_request: h2::client::SendRequest<bytes::Bytes>,
+    /// Boxed: a future stores its arguments and its locals separately, so moving the HTTP/2
+    /// connection (2.5 KB) into the session's future inline would hold it twice.
+    conn: std::pin::Pin<Box<h2::client::Connection<Tls, bytes::Bytes>>>,
+}
+
+/// Admits the device (identity, preface) and runs the HTTP/2 handshake, within the handshake
+/// deadline. Failures are reported here; `None` means the connection is over.
+async fn establish(shared: &Shared, accepted: Box<Accepted>) -> Option<Established> {
     let Accepted {
         mut tls,
         sni_device,
         deadline,
         pending,
-    } = accepted;
-    let admitted = timeout_at(deadline, admit(&shared, &mut tls, sni_device)).await;
+    } = *accepted;
+    let admitted = timeout_at(deadline, admit(shared, &mut tls, sni_device)).await;
     let (device, preface) = match admitted {
         Ok(Ok(ok)) => ok,
         Ok(Err(f)) => {
@@ -53,33 +75,55 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
                 let _ = tls.shutdown().await;
             })
             .await;
-            return report(&shared, f);
+            report(shared, f);
+            return None;
         }
         Err(_) => {
-            return report(
-                &shared,
+            report(
+                shared,
                 Failure::new(Side::Device, "handshake_timeout", "device preface"),
             );
+            return None;
         }
     };
     tether_net::dial::tune_device_socket(tls.get_ref().0.inner());
-    let limits = &shared.config.limits;
     let handshake = timeout_at(
         deadline,
-        h2io::client_builder(limits.max_streams_per_device).handshake(tls),
+        h2io::client_builder(shared.config.limits.max_streams_per_device).handshake(tls),
     )
     .await;
-    let (send_request, mut conn) = match handshake {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return report(&shared, Failure::new(Side::Device, "http2", e)),
+    drop(pending);
+    match handshake {
+        Ok(Ok((send_request, conn))) => Some(Established {
+            device,
+            agent_version: preface.agent_version,
+            send_request,
+            conn: Box::pin(conn),
+        }),
+        Ok(Err(e)) => {
+            report(shared, Failure::new(Side::Device, "http2", e));
+            None
+        }
         Err(_) => {
-            return report(
-                &shared,
+            report(
+                shared,
                 Failure::new(Side::Device, "handshake_timeout", "HTTP/2 handshake"),
             );
+            None
         }
-    };
-    drop(pending);
+    }
+}
+
+/// Registers the session and keeps it alive until the connection ends, the keepalive finds the
+/// peer dead, or the session is replaced or the relay stops.
+async fn run_session(shared: Arc<Shared>, established: Established) {
+    let Established {
+        device,
+        agent_version,
+        send_request,
+        mut conn,
+    } = established;
+    let limits = &shared.config.limits;
     let Some(ping_pong) = conn.ping_pong() else {
         return report(
             &shared,
@@ -93,7 +137,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
         send_request,
         streams: Arc::new(Semaphore::new(limits.max_streams_per_device as usize)),
         closed: closed.clone(),
-        agent_version: preface.agent_version.clone(),
+        agent_version: agent_version.clone(),
     });
     let span = tracing::info_span!("device", device = %device, session = id);
     async {
@@ -105,7 +149,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
             .metrics
             .connected_devices
             .set(shared.registry.device_count() as i64);
-        tracing::info!(agent_version = %preface.agent_version, "device connected");
+        tracing::info!(%agent_version, "device connected");
         let keepalive = keepalive(ping_pong, limits.keepalive_interval, limits.keepalive_timeout);
         let why = tokio::select! {
             res = &mut conn => match res {

@@ -46,13 +46,13 @@ impl Refusal {
 }
 
 /// Serves one service connection: request, authorization, stream setup, splice.
-pub(crate) async fn serve(shared: Arc<Shared>, accepted: Accepted) {
+pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
     let Accepted {
         mut tls,
         sni_device,
         deadline,
         pending,
-    } = accepted;
+    } = *accepted;
     let (request, leftover) = match timeout_at(deadline, read_request(&mut tls)).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(ReadError::Head(e))) => {

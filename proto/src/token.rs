@@ -241,6 +241,19 @@ impl TokenVerifier {
         now: u64,
         skew_secs: u64,
     ) -> Result<StreamClaims, TokenError> {
+        let claims = self.verify_signature(token)?;
+        check_claims(&claims, audience, now, skew_secs)?;
+        Ok(claims)
+    }
+
+    /// The first half of [`Self::verify`]: size, structure, algorithm and signature, then the
+    /// claims' JSON. The claims are authentic but not yet checked: pass them to [`check_claims`]
+    /// before trusting them (a relay caches this half, which is the expensive one).
+    ///
+    /// # Errors
+    /// [`TokenError::TooLarge`], [`TokenError::Malformed`], [`TokenError::UnsupportedAlgorithm`]
+    /// or [`TokenError::BadSignature`].
+    pub fn verify_signature(&self, token: &str) -> Result<StreamClaims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLarge);
         }
@@ -268,19 +281,29 @@ impl TokenVerifier {
         self.key
             .verify_strict(signing_input.as_bytes(), &Signature::from_bytes(&signature))
             .map_err(|_| TokenError::BadSignature)?;
-        let claims: StreamClaims = B64
-            .decode(payload)
+        B64.decode(payload)
             .ok()
             .and_then(|p| serde_json::from_slice(&p).ok())
             .ok_or(TokenError::Malformed(
                 "claims are not base64url JSON of the expected shape",
-            ))?;
-        check_claims(&claims, audience, now, skew_secs.min(MAX_CLOCK_SKEW_SECS))?;
-        Ok(claims)
+            ))
     }
 }
 
-fn check_claims(claims: &StreamClaims, audience: &str, now: u64, skew: u64) -> Result<(), TokenError> {
+/// The second half of [`TokenVerifier::verify`]: checks authentic claims for `audience` at time
+/// `now` (Unix seconds), tolerating `skew_secs` of clock difference (clamped to
+/// [`MAX_CLOCK_SKEW_SECS`]).
+///
+/// # Errors
+/// [`TokenError::InvalidClaims`], [`TokenError::WrongAudience`], [`TokenError::Expired`] or
+/// [`TokenError::NotYetValid`].
+pub fn check_claims(
+    claims: &StreamClaims,
+    audience: &str,
+    now: u64,
+    skew_secs: u64,
+) -> Result<(), TokenError> {
+    let skew = skew_secs.min(MAX_CLOCK_SKEW_SECS);
     claims
         .device_key()
         .map_err(|e| TokenError::InvalidClaims(e.to_string()))?;

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod registry;
 pub mod service;
 pub mod splice;
+pub mod tokens;
 
 use std::{
     net::SocketAddr,
@@ -63,6 +64,8 @@ pub(crate) struct Shared {
     pub acceptor: TlsAcceptor,
     pub registry: Arc<Registry>,
     pub metrics: Metrics,
+    /// Verifies stream tokens (signatures cached).
+    pub tokens: tokens::Tokens,
     /// Held by each connection in its handshake phase.
     pub pending: Arc<Semaphore>,
     /// Held by each connection for its whole life.
@@ -138,6 +141,7 @@ impl Relay {
             acceptor: TlsAcceptor::from(config.tls.clone()),
             registry: Arc::new(Registry::default()),
             metrics,
+            tokens: tokens::Tokens::new(config.token_verifier.clone(), tokens::CAPACITY),
             pending: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             hard_stop: CancellationToken::new(),

@@ -189,8 +189,8 @@ fn authorize(
         ));
     }
     let config = &shared.config;
-    let claims = config
-        .token_verifier
+    let claims = shared
+        .tokens
         .verify(
             &request.token,
             &config.relay_domain,

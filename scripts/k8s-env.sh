@@ -16,7 +16,7 @@
 #   TETHER_K8S_DIR     runtime directory: PKI, data, logs, kubeconfig (default <repo>/.testenv/k8s)
 #   TETHER_K8S_KCM     1 (default) also runs kube-controller-manager (GC, namespace deletion,
 #                      default ServiceAccounts); 0 runs etcd + kube-apiserver only
-#   TETHER_K8S_START_TIMEOUT  seconds to wait for readiness (default 90)
+#   TETHER_K8S_START_TIMEOUT  seconds to wait for readiness (default 180)
 # See docs/testing.md.
 set -euo pipefail
 
@@ -30,7 +30,7 @@ RECIPE=3                     # bump when the build commands below change (invali
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=$ROOT/tools
 RUN_DIR=${TETHER_K8S_DIR:-$ROOT/.testenv/k8s}
-START_TIMEOUT=${TETHER_K8S_START_TIMEOUT:-90}
+START_TIMEOUT=${TETHER_K8S_START_TIMEOUT:-180}
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off GOFLAGS=-mod=readonly
 
 log() { printf '[k8s-env] %s\n' "$*" >&2; }
@@ -95,8 +95,12 @@ cmd_build() {
   if ! flock -n "$lockfd"; then
     log "another build of $dir is running (log: $dir/build.log); waiting for it"
     flock "$lockfd"
-    [[ -f $bin/.complete ]] || { show_tail "$dir/build.log"; die "the other build failed"; }
-    echo "$bin"; return 0
+    if [[ -f $bin/.complete ]]; then echo "$bin"; return 0; fi
+    # A transient failure (module proxy hiccup, a full disk since cleaned) should not fail the
+    # run: show why, keep its log, and build once more while holding the lock.
+    show_tail "$dir/build.log"
+    mv -f "$dir/build.log" "$dir/build.failed.log" 2>/dev/null || true
+    log "the other build failed (log kept: $dir/build.failed.log); building again"
   fi
   rm -rf "$dir/bin.tmp"; mkdir -p "$dir/bin.tmp"
   log "building into $dir (cold: ~8-10 min on 2 cores); log: $dir/build.log"

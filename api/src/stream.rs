@@ -47,6 +47,12 @@ pub struct DeviceStreamSpec {
     #[serde(default = "default_max_connections")]
     #[schemars(range(min = 1, max = 1024))]
     pub max_connections: u32,
+    /// Close a connection after this long without a byte in either direction, as a duration
+    /// (e.g. `10m`); 10s to 24h. Absent: connections may stay idle until the TTL. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("idleTimeout is immutable; create a new DeviceStream"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s') && duration(self) <= duration('24h')").message("idleTimeout must be between 10s and 24h"))]
+    pub idle_timeout: Option<String>,
 }
 
 fn default_ttl() -> String {

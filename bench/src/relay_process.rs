@@ -180,6 +180,7 @@ impl RelayProcess {
                 ttl: Duration::from_secs(3600),
                 audience: RELAY_DOMAIN.to_owned(),
                 max_connections: None,
+                idle_timeout: None,
             },
         )?;
         tether_cli::testbed::loopback_target(self.ca.cert_pem(), self.addr.port(), device, port, &token)

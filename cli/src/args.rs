@@ -95,6 +95,9 @@ pub struct TokenArgs {
     /// Concurrent connections the token allows (default: relay's default).
     #[arg(long)]
     pub max_connections: Option<u32>,
+    /// Close a connection after this long without a byte either way (default: never; 1s to 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
     /// Relay domain (the token's audience).
     #[arg(long, env = "TETHER_RELAY_DOMAIN", default_value = "tether.local")]
     pub relay_domain: String,
@@ -241,6 +244,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ttl: args.ttl,
                 audience: args.relay_domain.clone(),
                 max_connections: args.max_connections,
+                idle_timeout: args.idle_timeout,
             };
             let token = standalone::mint_token(&args.dir, &req)?;
             match args.out {

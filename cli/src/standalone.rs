@@ -135,6 +135,8 @@ pub struct TokenRequest {
     pub audience: String,
     /// Concurrent connections allowed.
     pub max_connections: Option<u32>,
+    /// Close a connection after this long without traffic.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Signs a stream token with the standalone token key in `dir`.
@@ -155,6 +157,10 @@ pub fn mint_with(signer: &TokenSigner, req: &TokenRequest) -> anyhow::Result<Str
     if ttl == 0 || ttl > tether_proto::token::MAX_LIFETIME_SECS {
         bail!("--ttl must be between 1s and 24h");
     }
+    let idle_timeout = req.idle_timeout.map(|d| d.as_secs());
+    if idle_timeout.is_some_and(|t| t == 0 || t > tether_proto::token::MAX_LIFETIME_SECS) {
+        bail!("--idle-timeout must be between 1s and 24h");
+    }
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)?
         .as_secs();
@@ -168,6 +174,44 @@ pub fn mint_with(signer: &TokenSigner, req: &TokenRequest) -> anyhow::Result<Str
         not_before: now,
         expires_at: now + ttl,
         max_connections: req.max_connections,
+        idle_timeout,
     };
     Ok(signer.sign(&claims))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tether_proto::{name::DeviceKey, token::TokenSigner};
+
+    use super::{TokenRequest, mint_with};
+
+    fn request(idle_timeout: Option<Duration>) -> TokenRequest {
+        TokenRequest {
+            device: DeviceKey::parse("factory-1/pump-7").unwrap(),
+            port: 22,
+            ttl: Duration::from_secs(3600),
+            audience: "relay.test".into(),
+            max_connections: None,
+            idle_timeout,
+        }
+    }
+
+    #[test]
+    fn the_idle_timeout_is_bounded_and_signed_into_the_token() {
+        let signer = TokenSigner::generate();
+        for bad in [Duration::ZERO, Duration::from_secs(25 * 3600)] {
+            let err = mint_with(&signer, &request(Some(bad))).unwrap_err();
+            assert!(err.to_string().contains("--idle-timeout"), "{err}");
+        }
+        let token = mint_with(&signer, &request(Some(Duration::from_secs(900)))).unwrap();
+        let claims = signer.verifier().verify_signature(&token).unwrap();
+        assert_eq!(claims.idle_timeout, Some(900));
+        let token = mint_with(&signer, &request(None)).unwrap();
+        assert_eq!(
+            signer.verifier().verify_signature(&token).unwrap().idle_timeout,
+            None
+        );
+    }
 }

@@ -203,6 +203,7 @@ impl Testbed {
                 ttl,
                 audience: RELAY_DOMAIN.to_owned(),
                 max_connections: None,
+                idle_timeout: None,
             },
         )
     }

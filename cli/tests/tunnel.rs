@@ -295,6 +295,7 @@ fn claims(port: u16, not_before: u64, expires_at: u64) -> StreamClaims {
         not_before,
         expires_at,
         max_connections: None,
+        idle_timeout: None,
     }
 }
 
@@ -372,6 +373,50 @@ async fn per_stream_connection_limit_and_revocation() {
     );
     let err = connect::open(&target).await.err().unwrap();
     assert_eq!(refusal_reason(err), "stream_revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    let s = setup(Limits::default()).await;
+    let now = now();
+    let mut c = claims(7, now, now + 600);
+    c.idle_timeout = Some(1);
+    let token = s.bed.signer.sign(&c);
+    let target = s.bed.target(&device(), 7, &token).unwrap();
+    let mut idle = connect::open(&target).await.unwrap();
+    let mut busy = connect::open(&target).await.unwrap();
+    let opened = Instant::now();
+    // The busy connection echoes a byte every 200 ms for 2.5 s: well past the idle timeout.
+    let busy_task = tokio::spawn(async move {
+        let mut b = [0u8; 1];
+        while opened.elapsed() < Duration::from_millis(2500) {
+            busy.tls.write_all(b"x").await?;
+            busy.tls.flush().await?;
+            busy.tls.read_exact(&mut b).await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::Ok(())
+    });
+    let mut buf = [0u8; 8];
+    let ended = tokio::time::timeout(10 * SECOND, idle.tls.read(&mut buf)).await;
+    assert!(
+        matches!(ended, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection still open: {ended:?}"
+    );
+    let after = opened.elapsed();
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "closed after {after:?}, not about 1-1.25 s"
+    );
+    busy_task
+        .await
+        .unwrap()
+        .expect("the busy connection stayed open and kept echoing");
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains(r#"tether_relay_streams_closed_by_relay_total{reason="idle_timeout"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -427,6 +427,7 @@ mod tests {
                 port: 22,
                 ttl: "1h".into(),
                 max_connections: 4,
+                idle_timeout: None,
             },
         );
         s.status = Some(DeviceStreamStatus {

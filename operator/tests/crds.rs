@@ -61,6 +61,11 @@ async fn invalid_objects_are_rejected_with_readable_messages() -> anyhow::Result
         rejected(&env, &stream("pump-7", 0, "10m"), "spec.port")?;
         rejected(&env, &stream("pump-7", 0, "10m"), "greater than or equal to 1")?;
         rejected(&env, &stream("pump-7", 22, "25h"), "ttl must be between 1m and 24h")?;
+        let idle = format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: DeviceStream\nmetadata: {{name: s2, namespace: {ns}}}\n\
+             spec: {{device: pump-7, port: 22, idleTimeout: 5s}}\n"
+        );
+        rejected(&env, &idle, "idleTimeout must be between 10s and 24h")?;
         let (ok, out) = kubectl_apply(&env, &stream("pump-7", 22, "10m"), &[])?;
         anyhow::ensure!(ok, "valid DeviceStream refused: {out}");
         rejected(&env, &stream("pump-8", 22, "10m"), "device is immutable; create a new DeviceStream")?;

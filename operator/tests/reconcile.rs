@@ -39,7 +39,7 @@ fn device(ns: &str, name: &str, ports: &str, disabled: bool) -> String {
 fn stream(ns: &str, name: &str, device: &str, port: u16, ttl: &str) -> String {
     format!(
         "apiVersion: tether.dev/v1alpha1\nkind: DeviceStream\nmetadata: {{name: {name}, namespace: {ns}}}\n\
-         spec: {{device: {device}, port: {port}, ttl: {ttl}, maxConnections: 3}}\n"
+         spec: {{device: {device}, port: {port}, ttl: {ttl}, maxConnections: 3, idleTimeout: 5m}}\n"
     )
 }
 
@@ -334,6 +334,11 @@ async fn stream_token_is_minted_once_then_expires_and_is_cleaned_up() -> anyhow:
         ensure!(claims.stream_uid == s.uid().unwrap_or_default());
         ensure!(claims.namespace == ns && claims.device == "pump-7" && claims.port == 22);
         ensure!(claims.max_connections == Some(3));
+        ensure!(
+            claims.idle_timeout == Some(300),
+            "idle timeout {:?}",
+            claims.idle_timeout
+        );
         ensure!(claims.expires_at - claims.not_before == 60);
         let created = s
             .metadata

@@ -61,6 +61,10 @@ pub struct StreamClaims {
     /// Most concurrent connections the stream may carry (absent: relay default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// Seconds without a byte in either direction after which the relay closes a connection of
+    /// the stream (absent: never), 1 to [`MAX_LIFETIME_SECS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<u64>,
 }
 
 impl StreamClaims {
@@ -320,6 +324,14 @@ pub fn check_claims(
             "lifetime must be between 1 s and {MAX_LIFETIME_SECS} s"
         )));
     }
+    if claims
+        .idle_timeout
+        .is_some_and(|t| t == 0 || t > MAX_LIFETIME_SECS)
+    {
+        return Err(TokenError::InvalidClaims(format!(
+            "idle timeout must be between 1 s and {MAX_LIFETIME_SECS} s"
+        )));
+    }
     if claims.audience != audience {
         return Err(TokenError::WrongAudience {
             got: claims.audience.clone(),
@@ -358,6 +370,7 @@ mod tests {
             not_before: NOW,
             expires_at: NOW + 600,
             max_connections: Some(4),
+            idle_timeout: Some(300),
         }
     }
 
@@ -466,7 +479,11 @@ mod tests {
         port0.port = 0;
         let mut bad_name = claims();
         bad_name.device = "Pump_7".into();
-        for c in [long, port0, bad_name] {
+        let mut idle0 = claims();
+        idle0.idle_timeout = Some(0);
+        let mut idle_long = claims();
+        idle_long.idle_timeout = Some(MAX_LIFETIME_SECS + 1);
+        for c in [long, port0, bad_name, idle0, idle_long] {
             let t = signer.sign(&c);
             assert!(matches!(
                 v.verify(&t, "relay.example.com", NOW, 0),

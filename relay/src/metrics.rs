@@ -53,6 +53,9 @@ pub struct Metrics {
     pub pending_handshakes: IntGauge,
     /// Device sessions replaced by a reconnect of the same device.
     pub sessions_replaced: IntCounter,
+    /// Established connections the relay ended, by reason (`revoked`, `idle_timeout`,
+    /// `relay_shutdown`).
+    pub streams_cut: IntCounterVec,
 }
 
 impl Metrics {
@@ -109,6 +112,13 @@ impl Metrics {
                 "tether_relay_device_sessions_replaced_total",
                 "Device sessions replaced by a newer connection of the same device.",
             )?,
+            streams_cut: IntCounterVec::new(
+                Opts::new(
+                    "tether_relay_streams_closed_by_relay_total",
+                    "Established tunnelled connections the relay closed, by reason.",
+                ),
+                &["reason"],
+            )?,
         };
         registry.register(Box::new(bytes))?;
         registry.register(Box::new(m.active_streams.clone()))?;
@@ -118,6 +128,7 @@ impl Metrics {
         registry.register(Box::new(m.handshake_failures.clone()))?;
         registry.register(Box::new(m.pending_handshakes.clone()))?;
         registry.register(Box::new(m.sessions_replaced.clone()))?;
+        registry.register(Box::new(m.streams_cut.clone()))?;
         let info = IntGauge::with_opts(
             Opts::new("tether_relay_build_info", "Build information.")
                 .const_label("version", env!("CARGO_PKG_VERSION")),

@@ -1,7 +1,10 @@
 //! Service connections: one CONNECT request with a stream token, then one HTTP/2 stream to the
 //! device, spliced byte for byte.
 
-use std::{sync::Arc, time::Instant as StdInstant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant as StdInstant},
+};
 
 use bytes::{Bytes, BytesMut};
 use http::Request;
@@ -23,7 +26,7 @@ use crate::{
     handshake::{Accepted, Failure, Tls, report},
     metrics::Side,
     registry::StreamRefusal,
-    splice::{Metered, splice},
+    splice::{Activity, Metered, splice},
     unix_now,
 };
 
@@ -119,25 +122,44 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
                 m.bytes_to_device.inc_by(leftover.len() as u64);
                 h2.write_all(&leftover).await?;
             }
-            let mut service = Metered::new(tls, m.bytes_to_device.clone());
-            let mut device = Metered::new(h2, m.bytes_to_service.clone());
+            let activity = Arc::new(Activity::default());
+            let mut service = Metered::new(tls, m.bytes_to_device.clone(), activity.clone());
+            let mut device = Metered::new(h2, m.bytes_to_service.clone(), activity.clone());
+            let idle = async {
+                match claims.idle_timeout {
+                    Some(secs) => activity.idle_for(Duration::from_secs(secs)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                res = splice(&mut service, &mut device) => res.map(Some),
-                _ = guard.revoked().cancelled() => Ok(None),
-                _ = shared.hard_stop.cancelled() => Ok(None),
+                res = splice(&mut service, &mut device) => res.map(Ended::Done),
+                _ = guard.revoked().cancelled() => Ok(Ended::Cut("revoked")),
+                _ = shared.hard_stop.cancelled() => Ok(Ended::Cut("relay_shutdown")),
+                _ = idle => Ok(Ended::Cut("idle_timeout")),
             }
         }
         .await;
         m.active_streams.dec();
         match result {
-            Ok(Some((up, down))) => tracing::info!(to_device = up, to_service = down, "stream closed"),
-            Ok(None) => tracing::info!("stream closed by revocation or relay shutdown"),
+            Ok(Ended::Done((up, down))) => tracing::info!(to_device = up, to_service = down, "stream closed"),
+            Ok(Ended::Cut(why)) => {
+                m.streams_cut.with_label_values(&[why]).inc();
+                tracing::info!(reason = why, "stream closed by the relay");
+            }
             Err(e) => tracing::info!(error = %e, "stream ended with an error"),
         }
         drop(guard);
     }
     .instrument(span)
     .await;
+}
+
+/// How an established connection ended.
+enum Ended {
+    /// Both directions finished: bytes to the device, bytes to the service.
+    Done((u64, u64)),
+    /// The relay closed it (revocation, idle timeout, shutdown).
+    Cut(&'static str),
 }
 
 enum ReadError {

@@ -7,11 +7,19 @@
 use std::{
     io,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::Instant,
+};
 
 /// Buffer per direction. 64 KiB is four TLS records: fewer wake-ups per byte than tokio's 8 KiB
 /// default, small enough that 10k idle-to-busy streams stay cheap (buffers exist only while
@@ -19,16 +27,52 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub const SPLICE_BUFFER: usize = 64 * 1024;
 
 /// Counts bytes read from `inner` into a counter, live, so dashboards see throughput during a
-/// long transfer rather than at its end.
+/// long transfer rather than at its end, and into the connection's own [`Activity`].
 pub struct Metered<S> {
     inner: S,
     read_bytes: IntCounter,
+    activity: Arc<Activity>,
 }
 
 impl<S> Metered<S> {
-    /// Wraps `inner`; bytes read from it go to `read_bytes`.
-    pub fn new(inner: S, read_bytes: IntCounter) -> Self {
-        Self { inner, read_bytes }
+    /// Wraps `inner`; bytes read from it go to `read_bytes` and `activity`.
+    pub fn new(inner: S, read_bytes: IntCounter, activity: Arc<Activity>) -> Self {
+        Self {
+            inner,
+            read_bytes,
+            activity,
+        }
+    }
+}
+
+/// Bytes a connection has moved in either direction, for its idle timeout. Every byte spliced is
+/// read from one side first, so counting reads counts all traffic.
+#[derive(Debug, Default)]
+pub struct Activity(AtomicU64);
+
+impl Activity {
+    fn add(&self, n: usize) {
+        self.0.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Returns once no byte has moved for `idle` (checked every quarter of it, so the connection
+    /// closes between `idle` and 1.25 × `idle` after its last byte).
+    pub async fn idle_for(&self, idle: Duration) {
+        let tick = (idle / 4).max(Duration::from_millis(10));
+        let (mut seen, mut quiet_since) = (self.bytes(), Instant::now());
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = self.bytes();
+            if now != seen {
+                (seen, quiet_since) = (now, Instant::now());
+            } else if quiet_since.elapsed() >= idle {
+                return;
+            }
+        }
     }
 }
 
@@ -43,6 +87,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.read_bytes.inc_by(n as u64);
+            self.activity.add(n);
         }
         res
     }

@@ -106,6 +106,7 @@ mod tests {
             not_before: NOW - 10,
             expires_at,
             max_connections: None,
+            idle_timeout: None,
         }
     }
 

@@ -62,6 +62,7 @@ pub fn claims(
         not_before: u64::try_from(window.not_before).ok()?,
         expires_at: u64::try_from(window.expires_at).ok()?,
         max_connections: Some(stream.spec.max_connections),
+        idle_timeout: super::validate::idle_timeout(stream).ok().flatten(),
     })
 }
 

@@ -102,7 +102,8 @@ async fn reconcile_inner(obj: &DeserializeGuard<DeviceStream>, ctx: &Arc<Context
     let observed = observe::observe(ctx, &namespace, &name, &stream.spec.device).await?;
     let now = k8s::now_unix();
 
-    let (verdict, window) = match validate::window(stream) {
+    let terms = validate::window(stream).and_then(|w| validate::idle_timeout(stream).map(|_| w));
+    let (verdict, window) = match terms {
         Ok(w) => (
             validate::verdict(stream, w, observed.device.as_ref(), observed.relay.as_ref(), now),
             Some(w),
@@ -123,7 +124,8 @@ async fn reconcile_inner(obj: &DeserializeGuard<DeviceStream>, ctx: &Arc<Context
             let r = build::route(&key, relay);
             // Mint once: a token already in the Secret is kept (no re-mint per reconcile) while
             // it is still right: signed by the current key, for the current relay domain, this
-            // stream, device and port. A rotated token key or a changed relay domain re-mints.
+            // stream, device, port and idle timeout. A rotated token key or a changed relay domain
+            // re-mints.
             let uid = stream.uid().unwrap_or_default();
             let now_secs = u64::try_from(now).unwrap_or_default();
             let existing = observed
@@ -138,6 +140,7 @@ async fn reconcile_inner(obj: &DeserializeGuard<DeviceStream>, ctx: &Arc<Context
                             c.stream_uid == uid
                                 && c.device == stream.spec.device
                                 && i32::from(c.port) == stream.spec.port
+                                && c.idle_timeout == validate::idle_timeout(stream).ok().flatten()
                         })
                 })
                 .map(str::to_owned);

@@ -56,6 +56,20 @@ pub fn window(stream: &DeviceStream) -> Result<Window, String> {
     })
 }
 
+/// `spec.idleTimeout` in seconds (`None`: none), or a message saying why it is unusable.
+pub fn idle_timeout(stream: &DeviceStream) -> Result<Option<u64>, String> {
+    let Some(text) = &stream.spec.idle_timeout else {
+        return Ok(None);
+    };
+    let secs = humantime::parse_duration(text)
+        .map_err(|e| format!("idleTimeout {text:?}: {e}"))?
+        .as_secs();
+    if !(1..=tether_proto::token::MAX_LIFETIME_SECS).contains(&secs) {
+        return Err(format!("idleTimeout {text:?} is outside 1s..24h"));
+    }
+    Ok(Some(secs))
+}
+
 /// Decides what to do with `stream` at `now` given its Device and the relay fleet.
 pub fn verdict(
     stream: &DeviceStream,
@@ -127,6 +141,18 @@ mod tests {
             domain: "relay.test".into(),
             endpoint: "relay.test:443".into(),
             members: vec!["r-0".into()],
+        }
+    }
+
+    #[test]
+    fn idle_timeout_is_optional_and_bounded() {
+        assert_eq!(idle_timeout(&stream(22)), Ok(None));
+        let mut s = stream(22);
+        s.spec.idle_timeout = Some("15m".into());
+        assert_eq!(idle_timeout(&s), Ok(Some(900)));
+        for bad in ["0s", "25h", "soon"] {
+            s.spec.idle_timeout = Some(bad.into());
+            assert!(idle_timeout(&s).is_err(), "{bad}");
         }
     }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
     kind = "DeviceStream",
     namespaced,
     status = "DeviceStreamStatus",
-    shortname = "ds",
+    shortname = "dstream",
     category = "tether",
     doc = "A stream to one port of one Device for a limited time; its status says where to connect.",
     printcolumn(name = "Device", type_ = "string", json_path = ".spec.device"),

@@ -26,6 +26,25 @@ async fn every_example_applies_with_kubectl() -> anyhow::Result<()> {
             let (ok, out) = kubectl_apply(&env, &yaml, &[])?;
             anyhow::ensure!(ok, "{} does not apply: {out}", entry.path().display());
         }
+        // Short names find our objects and nothing else (`ds` once resolved to DaemonSets).
+        for (short, prefix) in [
+            ("dev", "device.tether.dev/"),
+            ("dstream", "devicestream.tether.dev/"),
+            ("rp", "relaypool.tether.dev/"),
+        ] {
+            let out = env
+                .kubectl()
+                .args(["get", short, "-n", &ns, "-o", "name"])
+                .output()?;
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            anyhow::ensure!(
+                out.status.success() && stdout.contains(prefix) && !stderr.contains("could also match"),
+                "kubectl get {short}: {stdout}{stderr}"
+            );
+        }
         Ok(())
     })
     .await

@@ -36,6 +36,36 @@ pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     use kube::CustomResourceExt;
     vec![Device::crd(), DeviceStream::crd(), RelayPool::crd()]
+        .into_iter()
+        .map(with_kubernetes_integer_formats)
+        .collect()
+}
+
+/// schemars names Rust's unsigned integers `uint32`/`uint64`, formats the API server does not
+/// know: every `kubectl apply` of the CRDs would print a warning per field. Their `minimum: 0`
+/// stays; the format becomes `int64`, which holds every value these fields take.
+fn with_kubernetes_integer_formats(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(f) = map.get_mut("format")
+                    && matches!(f.as_str(), Some("uint8" | "uint16" | "uint32" | "uint64"))
+                {
+                    *f = "int64".into();
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// The file name of each CRD under `crds/`.

@@ -32,3 +32,29 @@ fn crds_carry_the_invariants() {
         assert!(yaml.contains(needle), "generated CRDs lack {needle:?}");
     }
 }
+
+#[test]
+fn schemas_use_only_formats_the_api_server_knows() {
+    // `kubectl apply` warns about every unknown format (schemars writes uint32/uint64).
+    for crd in tether_api::crds() {
+        let yaml = tether_api::crd_yaml(&crd).unwrap();
+        for line in yaml.lines().filter(|l| l.trim_start().starts_with("format:")) {
+            let format = line.trim_start().trim_start_matches("format:").trim();
+            assert!(
+                [
+                    "int32",
+                    "int64",
+                    "date-time",
+                    "double",
+                    "float",
+                    "byte",
+                    "date",
+                    "password"
+                ]
+                .contains(&format),
+                "{}: unknown format {format}",
+                tether_api::crd_file_name(&crd)
+            );
+        }
+    }
+}

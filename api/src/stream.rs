@@ -30,6 +30,8 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+// The field's own `self == oldSelf` does not fire when the field is added or removed.
+#[x_kube(validation = Rule::new("has(self.idleTimeout) == has(oldSelf.idleTimeout)").message("idleTimeout can be set only when the DeviceStream is created"))]
 pub struct DeviceStreamSpec {
     /// Name of the Device (in the same namespace). Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("device is immutable; create a new DeviceStream"))]

@@ -88,6 +88,11 @@ async fn invalid_objects_are_rejected_with_readable_messages() -> anyhow::Result
         let (ok, out) = kubectl_apply(&env, &stream("pump-7", 22, "10m"), &[])?;
         anyhow::ensure!(ok, "valid DeviceStream refused: {out}");
         rejected(&env, &stream("pump-8", 22, "10m"), "device is immutable; create a new DeviceStream")?;
+        let added = format!(
+            "apiVersion: tether.dev/v1alpha1\nkind: DeviceStream\nmetadata: {{name: s1, namespace: {ns}}}\n\
+             spec: {{device: pump-7, port: 22, ttl: 10m, idleTimeout: 1m}}\n"
+        );
+        rejected(&env, &added, "idleTimeout can be set only when the DeviceStream is created")?;
         Ok(())
     })
     .await

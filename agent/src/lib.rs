@@ -54,10 +54,15 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// then drops the agent at once is not hammered.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 
-/// Ceiling of the random delay before reconnecting after a healthy connection ended cleanly (the
-/// relay's GOAWAY drain): prompt, yet spread so a draining relay's devices do not all hit their new
-/// owner in the same instant.
+/// Ceiling of the random delay before reconnecting after the relay ended the connection cleanly
+/// (GOAWAY: a drain, or a ring change that moved the device to another relay): prompt, yet spread
+/// so a relay's devices do not all hit their new owner in the same instant.
 pub const RECONNECT_JITTER: Duration = Duration::from_secs(1);
+
+/// Clean closes in a row, each soon after connecting, that still get a prompt reconnect. A ring
+/// change moves a device once or twice; a relay that keeps accepting and closing at once is
+/// broken, and past this the agent backs off as after a failure.
+pub const MAX_PROMPT_RECONNECTS: u32 = 3;
 
 /// Why the agent could not start. Everything here is detected before the first dial; once
 /// running, connection failures are retried, logged and reflected in [`AgentState`], never
@@ -274,6 +279,7 @@ async fn run_loop(
     };
     let tracker = TaskTracker::new();
     let mut backoff = Backoff::new(config.backoff);
+    let mut quick_closes = 0u32;
 
     while !shutdown.is_cancelled() {
         state.send_replace(AgentState::Connecting);
@@ -298,12 +304,16 @@ async fn run_loop(
                 let stable = since.elapsed() >= STABLE_AFTER;
                 if stable {
                     backoff.reset();
+                    quick_closes = 0;
                 }
                 match end {
                     SessionEnd::Shutdown => break,
-                    SessionEnd::Closed if stable => {
+                    SessionEnd::Closed if stable || quick_closes < MAX_PROMPT_RECONNECTS => {
+                        if !stable {
+                            quick_closes += 1;
+                        }
                         let delay = jitter(RECONNECT_JITTER, &mut rand::thread_rng());
-                        info!(retry_in = ?delay, "relay closed the device connection; reconnecting");
+                        info!(retry_in = ?delay, "relay closed the device connection (drain or move); reconnecting");
                         delay
                     }
                     SessionEnd::Closed => {

@@ -15,6 +15,7 @@
 
 pub mod conditions;
 pub mod device;
+pub mod members;
 pub mod relaypool;
 pub mod stream;
 

@@ -95,11 +95,58 @@ pub struct Stream {
     pub early: Bytes,
 }
 
-/// Opens one stream.
+/// How long [`open`] keeps retrying a setup that failed for a reason a relay fleet produces while
+/// it changes (a relay draining or gone, a device moving between relays).
+pub const RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most attempts within [`RETRY_BUDGET`].
+pub const MAX_ATTEMPTS: u32 = 6;
+
+impl ConnectError {
+    /// Whether a new attempt may succeed: the relay was unreachable or closed before answering
+    /// (a relay stopping, or forwarding to an owner that just left), or it said the device is
+    /// moving to another relay (`503 device_moving`). Refusals about the token, the port or an
+    /// offline device are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Dial { .. } | Self::Tls { .. } => true,
+            Self::Protocol(m) => m.contains("before answering"),
+            Self::Refused { status, reason, .. } => *status == 503 && reason == "device_moving",
+            Self::Io(_) => false,
+        }
+    }
+}
+
+/// Opens one stream, retrying transient failures ([`ConnectError::is_transient`]) with backoff
+/// for up to [`MAX_ATTEMPTS`] attempts within [`RETRY_BUDGET`], so a rolling restart or a ring
+/// change is invisible to the user.
+///
+/// # Errors
+/// The last attempt's error. See [`ConnectError`].
+pub async fn open(target: &Target) -> Result<Stream, ConnectError> {
+    let started = tokio::time::Instant::now();
+    let mut delay = std::time::Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        match open_once(target).await {
+            Ok(s) => return Ok(s),
+            Err(e)
+                if e.is_transient() && attempt < MAX_ATTEMPTS && started.elapsed() + delay < RETRY_BUDGET =>
+            {
+                tracing::info!(error = %e, attempt, retry_in = ?delay, "stream setup failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens one stream, once.
 ///
 /// # Errors
 /// See [`ConnectError`].
-pub async fn open(target: &Target) -> Result<Stream, ConnectError> {
+pub async fn open_once(target: &Target) -> Result<Stream, ConnectError> {
     let relay = format!("{}:{}", target.relay_host, target.relay_port);
     let tcp = dial(&target.relay_host, target.relay_port, target.proxy.as_ref())
         .await

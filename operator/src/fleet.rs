@@ -5,15 +5,19 @@
 //!   to the public Service), unless the RelayPool carries the annotation [`ENDPOINT_ANNOTATION`]
 //!   (`host:port`), which wins: for clusters whose public address is not the relay domain, and
 //!   for tests that run a relay on a local port.
-//! * **Members**: the StatefulSet pod names `<pool>-0 .. <pool>-(N-1)`, with N =
-//!   `status.replicas` (what the operator asked the StatefulSet for) or, before the RelayPool
-//!   reconciler has written status, `spec.minReplicas`. Names, not readiness: the ring must agree
-//!   with the relays', which hash over the StatefulSet's stable member names.
+//! * **Members**: the ready, non-terminating endpoints of the pool's members Service, from its
+//!   EndpointSlices — `tether_api::members::from_endpoint_slices`, the very function relays use,
+//!   so `DeviceStream.status.relay` names the pod that really serves the device. No ready member:
+//!   no owner (status says so until a relay is ready).
 //! * With several RelayPools the first by name is used (one pool per cluster is the supported
 //!   layout, DESIGN.md §5).
 
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::{Api, ResourceExt, api::ListParams};
-use tether_api::RelayPool;
+use tether_api::{
+    RelayPool,
+    members::{SERVICE_NAME_LABEL, from_endpoint_slices, members_service},
+};
 
 /// RelayPool annotation overriding the advertised relay endpoint (`host:port`).
 pub const ENDPOINT_ANNOTATION: &str = "tether.dev/endpoint";
@@ -32,8 +36,8 @@ pub struct RelayInfo {
 }
 
 impl RelayInfo {
-    /// Derives the fleet information from a RelayPool.
-    pub fn from_pool(pool: &RelayPool) -> Self {
+    /// Derives the fleet information from a RelayPool and its members Service's EndpointSlices.
+    pub fn from_pool(pool: &RelayPool, slices: &[EndpointSlice]) -> Self {
         let name = pool.name_any();
         let endpoint = pool
             .annotations()
@@ -41,13 +45,7 @@ impl RelayInfo {
             .filter(|e| !e.trim().is_empty())
             .cloned()
             .unwrap_or_else(|| format!("{}:{}", pool.spec.relay_domain, pool.spec.service.port));
-        let replicas = pool
-            .status
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(pool.spec.min_replicas)
-            .max(0);
-        let members = (0..replicas).map(|i| format!("{name}-{i}")).collect();
+        let members = from_endpoint_slices(slices).into_iter().map(|m| m.name).collect();
         Self {
             pool: name,
             domain: pool.spec.relay_domain.clone(),
@@ -62,17 +60,25 @@ impl RelayInfo {
     }
 }
 
-/// Reads the first RelayPool (by name) in `namespace`.
+/// Reads the first RelayPool (by name) in `namespace` and its ring members.
 ///
 /// # Errors
-/// When the list fails.
+/// When a list fails.
 pub async fn observe(client: &kube::Client, namespace: &str) -> Result<Option<RelayInfo>, kube::Error> {
     let mut pools = Api::<RelayPool>::namespaced(client.clone(), namespace)
         .list(&ListParams::default())
         .await?
         .items;
     pools.sort_by_key(ResourceExt::name_any);
-    Ok(pools.first().map(RelayInfo::from_pool))
+    let Some(pool) = pools.first() else {
+        return Ok(None);
+    };
+    let selector = format!("{SERVICE_NAME_LABEL}={}", members_service(&pool.name_any()));
+    let slices = Api::<EndpointSlice>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    Ok(Some(RelayInfo::from_pool(pool, &slices)))
 }
 
 #[cfg(test)]
@@ -83,23 +89,41 @@ mod tests {
         serde_yaml::from_str(yaml).expect("fixture")
     }
 
+    fn slice(yaml: &str) -> EndpointSlice {
+        serde_yaml::from_str(yaml).expect("fixture")
+    }
+
     #[test]
-    fn members_from_status_or_min_replicas_and_endpoint_override() {
+    fn members_are_ready_endpoints_and_endpoint_override_wins() {
         let p = pool(
             "apiVersion: tether.dev/v1alpha1\nkind: RelayPool\nmetadata: {name: relays, namespace: t}\n\
              spec: {relayDomain: relay.example.com, minReplicas: 2, maxReplicas: 5}\n",
         );
-        let info = RelayInfo::from_pool(&p);
-        assert_eq!(info.members, ["relays-0", "relays-1"]);
+        let slices = [slice(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: relays-members-x}\n\
+             addressType: IPv4\nendpoints:\n\
+             - {addresses: [10.0.0.2], conditions: {ready: true}, targetRef: {kind: Pod, name: relays-0}}\n\
+             - {addresses: [10.0.0.3], conditions: {ready: false}, targetRef: {kind: Pod, name: relays-1}}\n\
+             - {addresses: [10.0.0.4], conditions: {ready: true}, targetRef: {kind: Pod, name: relays-2}}\n",
+        )];
+        let info = RelayInfo::from_pool(&p, &slices);
+        assert_eq!(
+            info.members,
+            ["relays-0", "relays-2"],
+            "the not-ready relays-1 is no member"
+        );
         assert_eq!(info.endpoint, "relay.example.com:443");
         assert!(info.owner("t/pump").is_some());
+        assert_eq!(
+            RelayInfo::from_pool(&p, &[]).owner("t/pump"),
+            None,
+            "no ready relay: no owner"
+        );
         let p = pool(
             "apiVersion: tether.dev/v1alpha1\nkind: RelayPool\n\
              metadata: {name: relays, namespace: t, annotations: {tether.dev/endpoint: '127.0.0.1:4443'}}\n\
              spec: {relayDomain: relay.example.com, minReplicas: 2, maxReplicas: 5}\nstatus: {replicas: 3}\n",
         );
-        let info = RelayInfo::from_pool(&p);
-        assert_eq!(info.members.len(), 3);
-        assert_eq!(info.endpoint, "127.0.0.1:4443");
+        assert_eq!(RelayInfo::from_pool(&p, &slices).endpoint, "127.0.0.1:4443");
     }
 }

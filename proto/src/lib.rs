@@ -6,6 +6,7 @@
 //! * [`token`]: stream-token claims with Ed25519 (EdDSA JWS) signing and verification.
 //! * [`ring`]: the rendezvous hash ring mapping a device to its owning relay.
 //! * [`client_hello`]: reads the SNI and ALPN from a TLS ClientHello without terminating TLS.
+//! * [`proxy_header`]: the PROXY protocol v2 header on connections forwarded between relays.
 //!
 //! Nothing here opens a socket or reads a clock: callers pass bytes and the current time in.
 
@@ -15,6 +16,7 @@ pub mod client_hello;
 pub mod head;
 pub mod name;
 pub mod preface;
+pub mod proxy_header;
 pub mod ring;
 pub mod token;
 

@@ -6,7 +6,7 @@ use clap::Parser;
 
 use crate::{
     Limits,
-    config::{ConfigError, RelayConfig, TlsFiles},
+    config::{ConfigError, FleetConfig, RelayConfig, TlsFiles},
 };
 
 /// Tether relay: splices device agents and service clients into tunnels.
@@ -64,6 +64,41 @@ pub struct Args {
     /// After the grace period, how long streams may take to finish.
     #[arg(long, env = "TETHER_RELAY_DRAIN_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_deadline: Duration,
+    /// Kubernetes mode: ring membership from the pool's EndpointSlices, revocation from
+    /// DeviceStreams, status into Device and DeviceStream (in-cluster config or KUBECONFIG).
+    #[arg(long, env = "TETHER_RELAY_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Kubernetes mode: the RelayPool this relay belongs to.
+    #[arg(long, env = "TETHER_RELAY_POOL", required_if_eq("kubernetes", "true"))]
+    pub pool: Option<String>,
+    /// Kubernetes mode: this relay's ring member name (its pod name).
+    #[arg(long, env = "POD_NAME", required_if_eq("kubernetes", "true"))]
+    pub pod_name: Option<String>,
+    /// Kubernetes mode: the pool's namespace (this pod's).
+    #[arg(long, env = "POD_NAMESPACE", required_if_eq("kubernetes", "true"))]
+    pub pod_namespace: Option<String>,
+    /// Kubernetes mode: this pod's IP, the source address of connections to peers (peers admit
+    /// only ring members' addresses).
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+    /// Kubernetes mode: the peer port, where other relays forward connections (PROXY v2, ring
+    /// members only).
+    #[arg(long, env = "TETHER_RELAY_PEER_LISTEN", default_value = "0.0.0.0:8444")]
+    pub peer_listen: SocketAddr,
+    /// Kubernetes mode: most status writes per second this relay sends the API server.
+    #[arg(long, env = "TETHER_RELAY_STATUS_WRITES_PER_SECOND", default_value_t = 50)]
+    pub status_writes_per_second: u32,
+}
+
+/// Where a relay in Kubernetes mode sits: its pool and namespace.
+#[derive(Clone, Debug)]
+pub struct KubernetesArgs {
+    /// The RelayPool.
+    pub pool: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Status write bound.
+    pub status_writes_per_second: u32,
 }
 
 impl Args {
@@ -71,7 +106,7 @@ impl Args {
     ///
     /// # Errors
     /// A missing, empty, unreadable or invalid file or setting.
-    pub fn into_config(self) -> Result<RelayConfig, ConfigError> {
+    pub fn into_config(self) -> Result<(RelayConfig, Option<KubernetesArgs>), ConfigError> {
         let Self {
             listen,
             admin_listen,
@@ -90,6 +125,13 @@ impl Args {
             keepalive_interval,
             drain_grace,
             drain_deadline,
+            kubernetes,
+            pool,
+            pod_name,
+            pod_namespace,
+            pod_ip,
+            peer_listen,
+            status_writes_per_second,
         } = self;
         let limits = Limits {
             handshake_timeout,
@@ -109,7 +151,29 @@ impl Args {
             client_ca: &client_ca,
             token_public_key: &token_public_key,
         };
-        RelayConfig::load(listen, admin_listen, &relay_domain, &trust_domain, files, limits)
+        let mut config =
+            RelayConfig::load(listen, admin_listen, &relay_domain, &trust_domain, files, limits)?;
+        let kube = match (kubernetes, pool, pod_name, pod_namespace) {
+            (false, ..) => None,
+            (true, Some(pool), Some(member_name), Some(namespace)) => {
+                config.fleet = Some(FleetConfig {
+                    member_name,
+                    peer_listen,
+                    source_ip: pod_ip,
+                });
+                Some(KubernetesArgs {
+                    pool,
+                    namespace,
+                    status_writes_per_second,
+                })
+            }
+            (true, ..) => {
+                return Err(ConfigError::Kubernetes(
+                    "--kubernetes needs --pool, --pod-name and --pod-namespace".into(),
+                ));
+            }
+        };
+        Ok((config, kube))
     }
 }
 

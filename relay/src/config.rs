@@ -23,6 +23,19 @@ pub struct RelayConfig {
     pub token_verifier: TokenVerifier,
     /// Bounds and timeouts.
     pub limits: Limits,
+    /// Fleet membership (Kubernetes mode); `None` standalone: a ring of one.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// This relay's identity in a fleet.
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    /// Ring member name: the pod name.
+    pub member_name: String,
+    /// The peer port, where other members forward connections (PROXY v2 only, members only).
+    pub peer_listen: SocketAddr,
+    /// Source address for connections to peers (the pod IP), so they recognise a member.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// Bounds and timeouts. Every value has a default suitable for production.
@@ -88,6 +101,9 @@ pub enum ConfigError {
         /// What is wrong with it.
         detail: String,
     },
+    /// Kubernetes mode is misconfigured (or this build lacks it).
+    #[error("{0}")]
+    Kubernetes(String),
     /// A domain is not a DNS name.
     #[error("{what} {value:?} is not a valid DNS name")]
     BadDomain {
@@ -164,6 +180,7 @@ impl RelayConfig {
             tls: Arc::new(tls::relay_server_config(chain, key, &client_cas)?),
             token_verifier,
             limits,
+            fleet: None,
         })
     }
 }

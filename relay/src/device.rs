@@ -138,6 +138,7 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
         streams: Arc::new(Semaphore::new(limits.max_streams_per_device as usize)),
         closed: closed.clone(),
         agent_version: agent_version.clone(),
+        since: std::time::Instant::now(),
     });
     let span = tracing::info_span!("device", device = %device, session = id);
     async {
@@ -150,6 +151,9 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
             .connected_devices
             .set(shared.registry.device_count() as i64);
         tracing::info!(%agent_version, "device connected");
+        if let Some(board) = &shared.status {
+            board.device(&device, true, &agent_version);
+        }
         let keepalive = keepalive(ping_pong, limits.keepalive_interval, limits.keepalive_timeout);
         let why = tokio::select! {
             res = &mut conn => match res {
@@ -159,11 +163,19 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
             dead = keepalive => dead,
             _ = closed.cancelled() => "session replaced or relay stopping".to_owned(),
         };
-        shared.registry.remove(&device, id);
+        let was_current = shared.registry.remove(&device, id);
         shared
             .metrics
             .connected_devices
             .set(shared.registry.device_count() as i64);
+        // Only the session that was current, on the relay that still owns the device, reports a
+        // disconnect: a replaced session's successor, or a moved device's new owner, reports it.
+        if let Some(board) = &shared.status
+            && was_current
+            && shared.fleet.as_ref().is_none_or(|f| f.owns(&device))
+        {
+            board.device(&device, false, &agent_version);
+        }
         tracing::info!(reason = %why, "device disconnected");
     }
     .instrument(span)

@@ -1,9 +1,10 @@
-//! The first phase of every connection: read the ClientHello, decide where it goes, terminate TLS,
-//! and hand it to the device or service path by ALPN — all under one deadline.
+//! The first phase of every connection: read the ClientHello, decide where it goes (here, or the
+//! owning relay: [`crate::forward`]), terminate TLS, and hand it to the device or service path by
+//! ALPN — all under one deadline.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use prometheus::IntGauge;
 use tether_proto::{
     ALPN_DEVICE,
@@ -20,7 +21,16 @@ use tokio_rustls::server::TlsStream;
 
 use tether_net::rewind::Rewind;
 
-use crate::{Shared, device, metrics::Side, service};
+use crate::{Shared, device, fleet::Route, forward, metrics::Side, service};
+
+/// Where a connection came from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    /// The client's address: the TCP peer, or for a forwarded connection the PROXY header's source.
+    pub client: SocketAddr,
+    /// Received on the peer port from another relay: served here, never forwarded again.
+    pub forwarded: bool,
+}
 
 /// The TLS stream type of an accepted connection.
 pub(crate) type Tls = TlsStream<Rewind<TcpStream>>;
@@ -68,7 +78,12 @@ pub(crate) struct Accepted {
 }
 
 /// Runs a connection from its first byte to its end.
-pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, permit: OwnedSemaphorePermit) {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    permit: OwnedSemaphorePermit,
+    origin: Origin,
+) {
     shared.metrics.pending_handshakes.inc();
     let pending = Pending {
         _permit: permit,
@@ -77,13 +92,15 @@ pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, permit: OwnedSem
     let deadline = Instant::now() + shared.config.limits.handshake_timeout;
     // Boxed straight away: the device or service future takes it, and a TLS stream kept in a
     // local here as well would be stored twice for the connection's lifetime.
-    let accepted = match timeout_at(deadline, Box::pin(accept_tls(&shared, tcp))).await {
-        Ok(Ok((tls, sni_device))) => Box::new(Accepted {
+    let accepted = match timeout_at(deadline, Box::pin(accept_tls(&shared, tcp, origin))).await {
+        Ok(Ok(Some((tls, sni_device)))) => Box::new(Accepted {
             tls,
             sni_device,
             deadline,
             pending,
         }),
+        // Forwarded to the owning relay, and over.
+        Ok(Ok(None)) => return,
         Ok(Err(f)) => return report(&shared, f),
         Err(_) => {
             return report(
@@ -108,10 +125,68 @@ pub(crate) fn report(shared: &Shared, f: Failure) {
     tracing::info!(side = f.side.label(), reason = f.reason, detail = %f.detail, "connection refused");
 }
 
+/// Peeks the ClientHello, then either forwards the connection to the device's owner (`None`) or
+/// terminates TLS here.
 async fn accept_tls(
     shared: &Shared,
     mut tcp: TcpStream,
-) -> Result<(Tls, Result<DeviceKey, NameError>), Failure> {
+    origin: Origin,
+) -> Result<Option<(Tls, Result<DeviceKey, NameError>)>, Failure> {
+    let (peeked, hello) = peek_client_hello(&mut tcp).await?;
+    let side = if hello.alpn.iter().any(|p| p == ALPN_DEVICE) {
+        Side::Device
+    } else {
+        Side::Service
+    };
+    let sni_device = match hello.server_name.as_deref() {
+        Some(sni) => DeviceKey::from_server_name(sni, &shared.config.relay_domain),
+        None => Err(NameError::NotUnderRelayDomain {
+            server_name: String::new(),
+            relay_domain: shared.config.relay_domain.clone(),
+        }),
+    };
+    // The routing point. A connection another relay forwarded is served here whatever this
+    // relay's ring says, so two rings that disagree for a moment cannot make a loop.
+    let mut peeked = peeked;
+    if let (Some(fleet), Ok(device), false) = (&shared.fleet, &sni_device, origin.forwarded) {
+        match fleet.route(device) {
+            Route::Local => {}
+            Route::Forward { owner, peer } => {
+                match forward::to_owner(shared, tcp, peeked, &origin, &owner, peer).await {
+                    Ok(()) => return Ok(None),
+                    // The owner is unreachable (gone, but still in the ring for a moment). A
+                    // device is better served here until the ring catches up (it is moved then);
+                    // a service is refused so that its client retries and reaches the new owner.
+                    Err((back, bytes)) if side == Side::Device => (tcp, peeked) = (back, bytes),
+                    Err(_) => {
+                        return Err(Failure::new(
+                            side,
+                            "owner_unreachable",
+                            format!("owner {owner} at {peer}"),
+                        ));
+                    }
+                }
+            }
+            Route::OwnerUnreachable => {
+                shared
+                    .metrics
+                    .forward_failures
+                    .with_label_values(&["no_peer_port"])
+                    .inc();
+            }
+        }
+    }
+    let tls = shared
+        .acceptor
+        .accept(Rewind::new(peeked, tcp))
+        .await
+        .map_err(|e| Failure::new(side, "tls", e))?;
+    Ok(Some((tls, sni_device)))
+}
+
+/// Reads until `buf` holds a whole ClientHello (bounded by the parser), without consuming
+/// anything TLS needs: the bytes are replayed into rustls or forwarded as they are.
+async fn peek_client_hello(tcp: &mut TcpStream) -> Result<(Bytes, client_hello::ClientHelloInfo), Failure> {
     let mut buf = BytesMut::with_capacity(2048);
     let hello = loop {
         match client_hello::parse(&buf) {
@@ -131,32 +206,13 @@ async fn accept_tls(
             Err(e) => return Err(Failure::new(Side::Unknown, "io", e)),
         }
     };
-    let side = if hello.alpn.iter().any(|p| p == ALPN_DEVICE) {
-        Side::Device
-    } else {
-        Side::Service
-    };
-    let sni_device = match hello.server_name.as_deref() {
-        Some(sni) => DeviceKey::from_server_name(sni, &shared.config.relay_domain),
-        None => Err(NameError::NotUnderRelayDomain {
-            server_name: String::new(),
-            relay_domain: shared.config.relay_domain.clone(),
-        }),
-    };
-    // Routing point: in standalone mode every device is local. A fleet relay asks its membership
-    // here and forwards the raw bytes (`buf` + `tcp`) to the owning member instead.
-    let tls = shared
-        .acceptor
-        .accept(Rewind::new(buf.freeze(), tcp))
-        .await
-        .map_err(|e| Failure::new(side, "tls", e))?;
-    Ok((tls, sni_device))
+    Ok((buf.freeze(), hello))
 }
 
 #[cfg(test)]
 mod tests {
-    /// The size of the future an async fn of three arguments returns, without calling it.
-    fn future_size<A, B, C, Fut>(_: &impl FnOnce(A, B, C) -> Fut) -> usize {
+    /// The size of the future an async fn of four arguments returns, without calling it.
+    fn future_size<A, B, C, D, Fut>(_: &impl FnOnce(A, B, C, D) -> Fut) -> usize {
         std::mem::size_of::<Fut>()
     }
 

@@ -15,12 +15,18 @@
 pub mod args;
 pub mod config;
 pub mod device;
+pub mod fleet;
+mod forward;
 pub mod handshake;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod listener;
 pub mod metrics;
+mod rebalance;
 pub mod registry;
 pub mod service;
 pub mod splice;
+pub mod status;
 pub mod tokens;
 
 use std::{
@@ -32,7 +38,7 @@ use std::{
     time::SystemTime,
 };
 
-pub use config::{Limits, RelayConfig, TlsFiles};
+pub use config::{FleetConfig, Limits, RelayConfig, TlsFiles};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -74,6 +80,13 @@ pub(crate) struct Shared {
     pub hard_stop: CancellationToken,
     /// Source of device session ids.
     pub next_session_id: AtomicU64,
+    /// The relay fleet, in Kubernetes mode; `None` standalone (every device is local).
+    pub fleet: Option<Arc<fleet::Fleet>>,
+    /// Reports for the status writer (in a fleet).
+    pub status: Option<Arc<status::StatusBoard>>,
+    /// Per-stream connection limits from DeviceStream specs (they may change after the token was
+    /// minted); a token's own limit applies when a stream has none here.
+    pub stream_limits: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// Seconds since the Unix epoch (token times are in these units).
@@ -87,6 +100,8 @@ pub(crate) fn unix_now() -> u64 {
 pub struct Relay {
     shared: Arc<Shared>,
     listener: TcpListener,
+    /// The peer port, in a fleet.
+    peer: Option<TcpListener>,
     admin: TcpListener,
     registry: prometheus::Registry,
     ready: Arc<AtomicBool>,
@@ -113,6 +128,39 @@ impl RelayHandle {
     pub fn is_connected(&self, device: &tether_proto::name::DeviceKey) -> bool {
         self.shared.registry.get(device).is_some()
     }
+
+    /// The fleet membership, in a fleet: membership sources call [`fleet::Fleet::set_members`].
+    pub fn fleet(&self) -> Option<Arc<fleet::Fleet>> {
+        self.shared.fleet.clone()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// What the data plane reported, in a fleet (read by the status writer).
+    pub fn status_board(&self) -> Option<Arc<status::StatusBoard>> {
+        self.shared.status.clone()
+    }
+
+    /// Sets (or with `None` clears) stream `uid`'s connection limit from its DeviceStream spec.
+    pub fn set_stream_limit(&self, uid: &str, limit: Option<u32>) {
+        let mut limits = self
+            .shared
+            .stream_limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match limit {
+            Some(l) => limits.insert(uid.to_owned(), l),
+            None => limits.remove(uid),
+        };
+    }
+
+    /// This relay's configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.shared.config
+    }
 }
 
 impl Relay {
@@ -135,6 +183,22 @@ impl Relay {
                 addr: config.admin_listen,
                 source,
             })?;
+        let peer = match &config.fleet {
+            Some(f) => Some(
+                TcpListener::bind(f.peer_listen)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        what: "peer port",
+                        addr: f.peer_listen,
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let fleet = config
+            .fleet
+            .as_ref()
+            .map(|f| Arc::new(fleet::Fleet::new(f.member_name.clone(), f.source_ip)));
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry)?;
         let shared = Arc::new(Shared {
@@ -146,11 +210,15 @@ impl Relay {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             hard_stop: CancellationToken::new(),
             next_session_id: AtomicU64::new(1),
+            status: fleet.as_ref().map(|_| Arc::new(status::StatusBoard::default())),
+            stream_limits: Default::default(),
+            fleet,
             config,
         });
         Ok(Self {
             shared,
             listener,
+            peer,
             admin,
             registry,
             ready: Arc::new(AtomicBool::new(false)),
@@ -160,6 +228,11 @@ impl Relay {
     /// The bound data address.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.shared.config.listen)
+    }
+
+    /// The bound peer-port address, in a fleet.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.as_ref().and_then(|p| p.local_addr().ok())
     }
 
     /// The bound admin address.
@@ -186,6 +259,7 @@ impl Relay {
         let Self {
             shared,
             listener,
+            peer,
             admin,
             registry,
             ready,
@@ -205,16 +279,32 @@ impl Relay {
             tracker.clone(),
             stop_accepting.clone(),
         ));
+        let peer_task = peer.map(|peer| {
+            tokio::spawn(forward::peer_accept_loop(
+                peer,
+                shared.clone(),
+                tracker.clone(),
+                stop_accepting.clone(),
+            ))
+        });
+        let rebalance_task = shared
+            .fleet
+            .clone()
+            .map(|fleet| tokio::spawn(rebalance::run(shared.clone(), fleet, stop_accepting.clone())));
         ready.store(true, Ordering::Relaxed);
         tracing::info!(relay_domain = %shared.config.relay_domain, "relay ready");
 
         shutdown.cancelled().await;
         ready.store(false, Ordering::Relaxed);
+        shared.metrics.draining.set(1);
         let limits = &shared.config.limits;
         tracing::info!(grace = ?limits.drain_grace, deadline = ?limits.drain_deadline, "draining: not ready");
         tokio::time::sleep(limits.drain_grace).await;
         stop_accepting.cancel();
         let _ = accept_task.await;
+        for task in [peer_task, rebalance_task].into_iter().flatten() {
+            let _ = task.await;
+        }
         let sessions = shared.registry.drain_all();
         shared.metrics.connected_devices.set(0);
         tracing::info!(

@@ -5,11 +5,18 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::OwnedSemaphorePermit,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::Instrument;
 
-use crate::{Shared, handshake, metrics::Side};
+use crate::{
+    Shared,
+    handshake::{self, Origin},
+    metrics::Side,
+};
 
 /// Accepts until `stop` fires. Accept errors (e.g. out of file descriptors) are retried with
 /// backoff rather than ending the loop.
@@ -40,27 +47,43 @@ pub(crate) async fn accept_loop(
 }
 
 fn admit(shared: &Arc<Shared>, tracker: &TaskTracker, tcp: TcpStream, peer: SocketAddr) {
+    let Some((connection, pending)) = admit_permits(shared, peer) else {
+        return;
+    };
+    let _ = tcp.set_nodelay(true);
+    let shared = shared.clone();
+    let origin = Origin {
+        client: peer,
+        forwarded: false,
+    };
+    tracker.spawn(
+        async move {
+            handshake::handle(shared, tcp, pending, origin).await;
+            drop(connection);
+        }
+        .instrument(tracing::info_span!("conn", %peer)),
+    );
+}
+
+/// Takes a connection slot and a pending-handshake slot for a connection from `peer`, or counts
+/// the refusal (the caller then drops the socket). Shared by the data and peer ports.
+pub(crate) fn admit_permits(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
     let Ok(connection) = shared.connections.clone().try_acquire_owned() else {
         shared
             .metrics
             .handshake_failed(Side::Unknown, "too_many_connections");
         tracing::debug!(%peer, "refused: connection limit reached");
-        return;
+        return None;
     };
     let Ok(pending) = shared.pending.clone().try_acquire_owned() else {
         shared
             .metrics
             .handshake_failed(Side::Unknown, "too_many_pending_handshakes");
         tracing::debug!(%peer, "refused: pending-handshake limit reached");
-        return;
+        return None;
     };
-    let _ = tcp.set_nodelay(true);
-    let shared = shared.clone();
-    tracker.spawn(
-        async move {
-            handshake::handle(shared, tcp, pending).await;
-            drop(connection);
-        }
-        .instrument(tracing::info_span!("conn", %peer)),
-    );
+    Some((connection, pending))
 }

@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = match Args::parse().into_config() {
+    let (config, kube) = match Args::parse().into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tether-relay: {e}");
@@ -35,8 +35,48 @@ async fn main() -> ExitCode {
     tracing::info!(data = %relay.local_addr(), admin = %relay.admin_addr(), "listening");
     let shutdown = CancellationToken::new();
     tokio::spawn(signals(shutdown.clone()));
+    if let Some(kube) = kube
+        && let Err(e) = start_kubernetes(kube, &relay, shutdown.clone()).await
+    {
+        eprintln!("tether-relay: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
     relay.run(shutdown).await;
     ExitCode::SUCCESS
+}
+
+/// Starts the Kubernetes watchers and status writer beside the relay.
+#[cfg(feature = "kubernetes")]
+async fn start_kubernetes(
+    kube: tether_relay::args::KubernetesArgs,
+    relay: &Relay,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(|e| format!("Kubernetes mode: no usable in-cluster config or KUBECONFIG: {e}"))?;
+    let settings = tether_relay::kubernetes::Settings {
+        pool: kube.pool,
+        namespace: kube.namespace,
+        status_writes_per_second: kube.status_writes_per_second,
+    };
+    tracing::info!(pool = %settings.pool, namespace = %settings.namespace, "Kubernetes mode");
+    tokio::spawn(tether_relay::kubernetes::run(
+        client,
+        settings,
+        relay.handle(),
+        shutdown,
+    ));
+    Ok(())
+}
+
+#[cfg(not(feature = "kubernetes"))]
+async fn start_kubernetes(
+    _: tether_relay::args::KubernetesArgs,
+    _: &Relay,
+    _: CancellationToken,
+) -> Result<(), String> {
+    Err("this build has no Kubernetes mode (cargo feature `kubernetes`)".into())
 }
 
 /// First SIGTERM/SIGINT starts the drain; a second one exits at once.

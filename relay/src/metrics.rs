@@ -56,6 +56,23 @@ pub struct Metrics {
     /// Established connections the relay ended, by reason (`revoked`, `idle_timeout`,
     /// `relay_shutdown`).
     pub streams_cut: IntCounterVec,
+    /// Connections forwarded to their owner (`role="sent"`) or received on the peer port
+    /// (`role="received"`).
+    pub forwarded_connections: IntCounterVec,
+    /// Bytes this relay carried for connections it forwarded to the owner.
+    pub forwarded_to_owner: IntCounter,
+    /// Bytes this relay carried back from the owner for connections it forwarded.
+    pub forwarded_from_owner: IntCounter,
+    /// Connections that could not be forwarded, by reason.
+    pub forward_failures: IntCounterVec,
+    /// Members of the ring as this relay sees it.
+    pub ring_members: IntGauge,
+    /// Changes of the ring's member set.
+    pub ring_changes: IntCounter,
+    /// Devices told to reconnect (GOAWAY) because another member owns them now.
+    pub devices_moved: IntCounter,
+    /// 1 while the relay drains (after SIGTERM).
+    pub draining: IntGauge,
 }
 
 impl Metrics {
@@ -68,6 +85,13 @@ impl Metrics {
             Opts::new(
                 "tether_relay_bytes_total",
                 "Bytes relayed through tunnels, by direction.",
+            ),
+            &["direction"],
+        )?;
+        let forwarded_bytes = IntCounterVec::new(
+            Opts::new(
+                "tether_relay_forwarded_bytes_total",
+                "Bytes of connections this relay forwarded to their owner, by direction.",
             ),
             &["direction"],
         )?;
@@ -119,8 +143,44 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            forwarded_connections: IntCounterVec::new(
+                Opts::new(
+                    "tether_relay_forwarded_connections_total",
+                    "Connections forwarded at layer 4: sent to their owner, or received on the peer port.",
+                ),
+                &["role"],
+            )?,
+            forwarded_to_owner: forwarded_bytes.with_label_values(&["to_owner"]),
+            forwarded_from_owner: forwarded_bytes.with_label_values(&["from_owner"]),
+            forward_failures: IntCounterVec::new(
+                Opts::new(
+                    "tether_relay_forward_failures_total",
+                    "Connections that could not be forwarded to their owner, by reason.",
+                ),
+                &["reason"],
+            )?,
+            ring_members: IntGauge::new(
+                "tether_relay_ring_members",
+                "Relays in the hash ring as this relay sees it (0: standalone, serves every device).",
+            )?,
+            ring_changes: IntCounter::new(
+                "tether_relay_ring_changes_total",
+                "Changes of the hash ring's member set.",
+            )?,
+            devices_moved: IntCounter::new(
+                "tether_relay_devices_moved_total",
+                "Device sessions sent GOAWAY because another relay owns the device now.",
+            )?,
+            draining: IntGauge::new("tether_relay_draining", "1 while the relay drains after SIGTERM.")?,
         };
         registry.register(Box::new(bytes))?;
+        registry.register(Box::new(forwarded_bytes))?;
+        registry.register(Box::new(m.forwarded_connections.clone()))?;
+        registry.register(Box::new(m.forward_failures.clone()))?;
+        registry.register(Box::new(m.ring_members.clone()))?;
+        registry.register(Box::new(m.ring_changes.clone()))?;
+        registry.register(Box::new(m.devices_moved.clone()))?;
+        registry.register(Box::new(m.draining.clone()))?;
         registry.register(Box::new(m.active_streams.clone()))?;
         registry.register(Box::new(m.stream_setups.clone()))?;
         registry.register(Box::new(m.setup_seconds.clone()))?;

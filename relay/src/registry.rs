@@ -29,6 +29,8 @@ pub struct DeviceSession {
     pub closed: CancellationToken,
     /// The agent's self-reported version.
     pub agent_version: String,
+    /// When the session started.
+    pub since: std::time::Instant,
 }
 
 /// Why a connection to a stream was refused by the registry.
@@ -78,12 +80,14 @@ impl Registry {
         old
     }
 
-    /// Removes `device`'s session if it is still the one with `id`.
-    pub fn remove(&self, device: &DeviceKey, id: u64) {
+    /// Removes `device`'s session if it is still the one with `id`; returns whether it was.
+    pub fn remove(&self, device: &DeviceKey, id: u64) -> bool {
         let mut inner = self.lock();
-        if inner.devices.get(device).is_some_and(|s| s.id == id) {
+        let current = inner.devices.get(device).is_some_and(|s| s.id == id);
+        if current {
             inner.devices.remove(device);
         }
+        current
     }
 
     /// The live session of `device`, if any.
@@ -111,6 +115,23 @@ impl Registry {
     /// Number of devices with a session.
     pub fn device_count(&self) -> usize {
         self.lock().devices.len()
+    }
+
+    /// Removes the sessions of devices for which `misplaced` says yes and hands them back: once
+    /// the caller drops them, each connection sends GOAWAY after its streams finish (a device that
+    /// another relay owns now reconnects and lands there).
+    pub fn take_where(
+        &self,
+        mut misplaced: impl FnMut(&DeviceKey, &DeviceSession) -> bool,
+    ) -> Vec<Arc<DeviceSession>> {
+        let mut inner = self.lock();
+        let keys: Vec<DeviceKey> = inner
+            .devices
+            .iter()
+            .filter(|(k, s)| misplaced(k, s))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.iter().filter_map(|k| inner.devices.remove(k)).collect()
     }
 
     /// Removes every session (drain): their connections finish their streams, then close.

@@ -84,8 +84,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
             Err(r) => return refuse(&shared, tls, r).await,
         };
         tracing::Span::current().record("uid", claims.stream_uid.as_str());
-        let limit = claims
-            .max_connections
+        let spec_limit = shared
+            .stream_limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&claims.stream_uid)
+            .copied();
+        let limit = spec_limit
+            .or(claims.max_connections)
             .unwrap_or(shared.config.limits.default_max_connections_per_stream);
         let guard = match shared.registry.open_connection(&claims.stream_uid, limit) {
             Ok(g) => g,
@@ -112,6 +118,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
         }
         let _ = tls.flush().await;
         let m = &shared.metrics;
+        let counters = shared.status.as_ref().map(|board| {
+            let c = board.stream(&claims.stream_uid);
+            board.connection(&claims.stream_uid, &c, true);
+            c
+        });
         m.stream_setups.with_label_values(&["ok"]).inc();
         m.setup_seconds.observe(started.elapsed().as_secs_f64());
         m.active_streams.inc();
@@ -120,11 +131,17 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
         let result = async {
             if !leftover.is_empty() {
                 m.bytes_to_device.inc_by(leftover.len() as u64);
+                if let Some(c) = &counters {
+                    c.to_device
+                        .fetch_add(leftover.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
                 h2.write_all(&leftover).await?;
             }
             let activity = Arc::new(Activity::default());
-            let mut service = Metered::new(tls, m.bytes_to_device.clone(), activity.clone());
-            let mut device = Metered::new(h2, m.bytes_to_service.clone(), activity.clone());
+            let mut service = Metered::new(tls, m.bytes_to_device.clone(), activity.clone())
+                .with_stream_counter(counters.as_ref().map(|c| c.to_device.clone()));
+            let mut device = Metered::new(h2, m.bytes_to_service.clone(), activity.clone())
+                .with_stream_counter(counters.as_ref().map(|c| c.from_device.clone()));
             let idle = async {
                 match claims.idle_timeout {
                     Some(secs) => activity.idle_for(Duration::from_secs(secs)).await,
@@ -140,6 +157,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
         }
         .await;
         m.active_streams.dec();
+        if let (Some(board), Some(c)) = (&shared.status, &counters) {
+            board.connection(&claims.stream_uid, c, false);
+        }
         match result {
             Ok(Ended::Done((up, down))) => tracing::info!(to_device = up, to_service = down, "stream closed"),
             Ok(Ended::Cut(why)) => {
@@ -257,20 +277,7 @@ async fn open_stream(
     claims: &StreamClaims,
 ) -> Result<(H2Stream, tokio::sync::OwnedSemaphorePermit), Refusal> {
     let limits = &shared.config.limits;
-    let session = shared
-        .registry
-        .wait_for(&request.device, limits.device_connect_timeout)
-        .await
-        .ok_or_else(|| {
-            Refusal::new(
-                503,
-                "device_not_connected",
-                format!(
-                    "device {} did not connect within {:?}",
-                    request.device, limits.device_connect_timeout
-                ),
-            )
-        })?;
+    let session = wait_for_device(shared, &request.device, limits.device_connect_timeout).await?;
     let permit = session.streams.clone().try_acquire_owned().map_err(|_| {
         Refusal::new(
             429,
@@ -342,6 +349,55 @@ async fn open_stream(
         });
     }
     Ok((H2Stream::new(send, response.into_body()), permit))
+}
+
+/// Waits up to `timeout` for `device`'s session. In a fleet, a device that another member owns
+/// (now, or since a ring change during the wait) will connect there, not here: the service is
+/// told at once (`device_moving`, 503) so its client retries and reaches the owner.
+async fn wait_for_device(
+    shared: &Shared,
+    device: &DeviceKey,
+    timeout: Duration,
+) -> Result<Arc<crate::registry::DeviceSession>, Refusal> {
+    let moving = || {
+        Refusal::new(
+            503,
+            "device_moving",
+            format!("device {device} is served by another relay now; retry"),
+        )
+    };
+    let Some(fleet) = &shared.fleet else {
+        return shared
+            .registry
+            .wait_for(device, timeout)
+            .await
+            .ok_or_else(|| not_connected(device, timeout));
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut ring = fleet.subscribe();
+    loop {
+        if let Some(session) = shared.registry.get(device) {
+            return Ok(session);
+        }
+        if !fleet.owns(device) {
+            return Err(moving());
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tokio::select! {
+            found = shared.registry.wait_for(device, remaining) => {
+                return found.ok_or_else(|| not_connected(device, timeout));
+            }
+            _ = ring.changed() => {}
+        }
+    }
+}
+
+fn not_connected(device: &DeviceKey, timeout: Duration) -> Refusal {
+    Refusal::new(
+        503,
+        "device_not_connected",
+        format!("device {device} did not connect within {timeout:?}"),
+    )
 }
 
 /// Answers a refusal and closes.

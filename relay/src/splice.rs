@@ -32,6 +32,8 @@ pub struct Metered<S> {
     inner: S,
     read_bytes: IntCounter,
     activity: Arc<Activity>,
+    /// The stream's own counter, for its status (Kubernetes mode).
+    stream_bytes: Option<Arc<AtomicU64>>,
 }
 
 impl<S> Metered<S> {
@@ -41,7 +43,14 @@ impl<S> Metered<S> {
             inner,
             read_bytes,
             activity,
+            stream_bytes: None,
         }
+    }
+
+    /// Also counts into `counter` (the stream's bytes in this direction).
+    pub fn with_stream_counter(mut self, counter: Option<Arc<AtomicU64>>) -> Self {
+        self.stream_bytes = counter;
+        self
     }
 }
 
@@ -88,6 +97,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         if n > 0 {
             self.read_bytes.inc_by(n as u64);
             self.activity.add(n);
+            if let Some(c) = &self.stream_bytes {
+                c.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
         res
     }

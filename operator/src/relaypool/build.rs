@@ -28,6 +28,11 @@ use super::{names, validate::Valid};
 pub const DATA_PORT: i32 = 8443;
 /// Port of the relay's admin listener (`/ready`, `/live`, `/metrics`).
 pub const ADMIN_PORT: i32 = 9090;
+/// Port where relays forward connections to each other (PROXY v2, ring members only).
+pub const PEER_PORT: i32 = 8444;
+/// Readiness probe period: after SIGTERM a relay answers 503 and leaves every ring within about
+/// one period; [`DRAIN_GRACE_SECONDS`] must stay above it so nothing is refused meanwhile.
+pub const READINESS_PERIOD_SECONDS: i32 = 2;
 /// Where the serving certificate Secret is mounted.
 pub const TLS_DIR: &str = "/etc/tether/tls";
 /// Where the trust ConfigMap (CA bundle, token key) is mounted.
@@ -245,7 +250,11 @@ pub fn build(valid: &Valid, replicas: i32, cert: &Issued, trust: &TrustMaterial<
             // Only ready relays are ring members: a draining relay leaves the ring first.
             publish_not_ready_addresses: Some(false),
             selector: Some(selector_labels(pool)),
-            ports: Some(vec![port("data", DATA_PORT), port("admin", ADMIN_PORT)]),
+            ports: Some(vec![
+                port("data", DATA_PORT),
+                port(tether_api::members::PEER_PORT_NAME, PEER_PORT),
+                port("admin", ADMIN_PORT),
+            ]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -312,14 +321,25 @@ pub fn build(valid: &Valid, replicas: i32, cert: &Issued, trust: &TrustMaterial<
                 "TETHER_RELAY_DRAIN_DEADLINE",
                 format!("{DRAIN_DEADLINE_SECONDS}s"),
             ),
-            // The relay's member name and namespace, for the ring (DESIGN §4).
+            // Fleet mode: the ring from this pool's EndpointSlices, forwarding on the peer port
+            // from the pod IP (DESIGN §4).
+            env("TETHER_RELAY_KUBERNETES", "true"),
+            env("TETHER_RELAY_POOL", pool),
+            env("TETHER_RELAY_PEER_LISTEN", format!("0.0.0.0:{PEER_PORT}")),
             env_field("POD_NAME", "metadata.name"),
             env_field("POD_NAMESPACE", "metadata.namespace"),
+            env_field("POD_IP", "status.podIP"),
         ]),
         ports: Some(vec![
             ContainerPort {
                 name: Some("data".into()),
                 container_port: DATA_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some(tether_api::members::PEER_PORT_NAME.into()),
+                container_port: PEER_PORT,
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()
             },
@@ -330,7 +350,7 @@ pub fn build(valid: &Valid, replicas: i32, cert: &Issued, trust: &TrustMaterial<
                 ..ContainerPort::default()
             },
         ]),
-        readiness_probe: Some(probe("/ready", 5, 1)),
+        readiness_probe: Some(probe("/ready", READINESS_PERIOD_SECONDS, 1)),
         liveness_probe: Some(probe("/live", 10, 3)),
         resources: spec.resources.clone(),
         security_context: Some(SecurityContext {
@@ -440,25 +460,35 @@ pub fn build(valid: &Valid, replicas: i32, cert: &Issued, trust: &TrustMaterial<
     }
 }
 
-/// The relays' permissions: read ring membership and the streams and devices they serve; nothing
-/// else (no Secrets: their certificate and keys come from mounted volumes).
+/// The relays' permissions in their own namespace: read ring membership. Nothing else (no
+/// Secrets: their certificate and keys come from mounted volumes).
 pub fn relay_rules() -> Vec<PolicyRule> {
-    let read = || Some(vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()]);
+    vec![PolicyRule {
+        api_groups: Some(vec!["discovery.k8s.io".into()]),
+        resources: Some(vec!["endpointslices".into()]),
+        verbs: vec!["get".into(), "list".into(), "watch".into()],
+        ..PolicyRule::default()
+    }]
+}
+
+/// The relays' cluster-wide permissions (ClusterRole [`RELAY_CLUSTER_ROLE`]): watch the
+/// DeviceStreams and Devices they serve, in every namespace (revocation, limits), and write the
+/// status fields the data plane owns.
+pub fn relay_cluster_rules() -> Vec<PolicyRule> {
+    let rule = |resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![tether_api::GROUP.into()]),
+        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..PolicyRule::default()
+    };
     vec![
-        PolicyRule {
-            api_groups: Some(vec!["discovery.k8s.io".into()]),
-            resources: Some(vec!["endpointslices".into()]),
-            verbs: read().unwrap_or_default(),
-            ..PolicyRule::default()
-        },
-        PolicyRule {
-            api_groups: Some(vec![tether_api::GROUP.into()]),
-            resources: Some(vec!["devicestreams".into(), "devices".into()]),
-            verbs: read().unwrap_or_default(),
-            ..PolicyRule::default()
-        },
+        rule(&["devicestreams", "devices"], &["get", "list", "watch"]),
+        rule(&["devicestreams/status", "devices/status"], &["patch"]),
     ]
 }
+
+/// Name of the ClusterRole holding [`relay_cluster_rules`].
+pub const RELAY_CLUSTER_ROLE: &str = "tether-relay";
 
 #[cfg(test)]
 mod tests {

@@ -157,11 +157,13 @@ pub fn status(
         ),
     };
     let serving = matches!(verdict, Verdict::Serve);
-    // Relays report `Active` while connections are open; a servable stream keeps that phase
-    // rather than being reset to `Ready` by the next reconcile.
-    let phase = match stream.status.as_ref().and_then(|s| s.phase) {
-        Some(StreamPhase::Active) if serving => StreamPhase::Active,
-        _ => phase,
+    // The owning relay reports open connections (`status.connections`, its field); a servable
+    // stream with some is `Active`. The phase itself stays this operator's field alone.
+    let open = stream.status.as_ref().and_then(|s| s.connections).unwrap_or(0);
+    let phase = if serving && open > 0 {
+        StreamPhase::Active
+    } else {
+        phase
     };
     let existing = stream
         .status
@@ -203,11 +205,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_active_stream_stays_active_while_servable() {
+    fn a_stream_with_open_connections_is_active_while_servable() {
         let mut stream: DeviceStream = serde_yaml::from_str(
             "apiVersion: tether.dev/v1alpha1\nkind: DeviceStream\n\
              metadata: {name: s, namespace: ns, uid: u1, creationTimestamp: '2026-01-01T00:00:00Z'}\n\
-             spec: {device: pump, port: 22, ttl: 30m}\nstatus: {phase: Active}\n",
+             spec: {device: pump, port: 22, ttl: 30m}\nstatus: {phase: Ready, connections: 2}\n",
         )
         .expect("fixture");
         let route = Route {

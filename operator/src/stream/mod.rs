@@ -22,7 +22,10 @@ pub mod validate;
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use k8s_openapi::{
+    api::{core::v1::Secret, discovery::v1::EndpointSlice},
+    jiff::Timestamp,
+};
 use kube::{
     Api, ResourceExt,
     core::DeserializeGuard,
@@ -204,9 +207,18 @@ pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shut
             Api::all(client.clone()),
         ),
     };
-    let pools = Api::<RelayPool>::namespaced(client, &ctx.config.namespace);
-    let pool_changes =
-        watcher::watcher(pools, Config::default()).filter_map(|ev| async move { ev.ok().map(|_| ()) });
+    let pools = Api::<RelayPool>::namespaced(client.clone(), &ctx.config.namespace);
+    // A ring change (a relay ready or gone: the members Services' EndpointSlices) changes owners,
+    // so every stream's `status.relay` is recomputed.
+    let slices = Api::<EndpointSlice>::namespaced(client, &ctx.config.namespace);
+    let pool_changes = futures_util::stream::select(
+        watcher::watcher(pools, Config::default()).filter_map(|ev| async move { ev.ok().map(|_| ()) }),
+        watcher::watcher(
+            slices,
+            Config::default().labels(tether_api::members::SERVICE_NAME_LABEL),
+        )
+        .filter_map(|ev| async move { ev.ok().map(|_| ()) }),
+    );
     let controller = Controller::new(streams, Config::default());
     let store = controller.store();
     controller

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod ssh;
+
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;

@@ -33,6 +33,9 @@ export TETHER_REQUIRE_K8S=1
 
 args=("$@")
 (( ${#args[@]} )) || args=(-p tether-tests)
-echo "[test-k8s] cargo test ${args[*]}" >&2
 cd "$ROOT"
+# The fleet tests (operator/tests/fleet.rs) run tether-relay as processes, as users do.
+echo "[test-k8s] cargo build -p tether-relay" >&2
+cargo build -p tether-relay
+echo "[test-k8s] cargo test ${args[*]}" >&2
 cargo test "${args[@]}"

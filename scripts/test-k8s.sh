@@ -9,11 +9,33 @@
 #
 # Set TETHER_K8S_KEEP=1 to leave the environment running afterwards for debugging
 # (then: eval "$(scripts/k8s-env.sh env)"; ...; scripts/k8s-env.sh down). See docs/testing.md.
+#
+# The control plane and the tests run inside a private network namespace that this script creates
+# (`unshare --net`): the relay-fleet tests bind relays to 10.250.0.2–9 on its loopback interface
+# (the API server refuses loopback addresses in EndpointSlices), and the host's interfaces stay
+# untouched. Everything that may download (Go modules, crates) is built before entering it.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ENV_SH=$ROOT/scripts/k8s-env.sh
+# Addresses of fleet-test relays inside the namespace (operator/tests/fleetsupport: relay_ip).
+FLEET_NET=10.250.0
 
-"$ENV_SH" build >/dev/null
+args=("$@")
+(( ${#args[@]} )) || args=(-p tether-tests)
+
+if [[ -z ${TETHER_K8S_IN_NETNS:-} ]]; then
+  "$ENV_SH" build >/dev/null
+  cd "$ROOT"
+  # The fleet tests (operator/tests/fleet.rs) run tether-relay as processes, as users do.
+  echo "[test-k8s] cargo build -p tether-relay; cargo test --no-run ${args[*]}" >&2
+  cargo build -p tether-relay
+  cargo test --no-run "${args[@]}"
+  echo "[test-k8s] entering a private network namespace" >&2
+  exec unshare --net -- env TETHER_K8S_IN_NETNS=1 "$0" "$@"
+fi
+ip link set lo up
+for i in 2 3 4 5 6 7 8 9; do ip addr add "$FLEET_NET.$i/32" dev lo; done
+export TETHER_FLEET_NET=$FLEET_NET
 
 teardown() {
   local rc=$?
@@ -31,11 +53,6 @@ trap 'exit 130' INT TERM
 eval "$("$ENV_SH" env)"
 export TETHER_REQUIRE_K8S=1
 
-args=("$@")
-(( ${#args[@]} )) || args=(-p tether-tests)
 cd "$ROOT"
-# The fleet tests (operator/tests/fleet.rs) run tether-relay as processes, as users do.
-echo "[test-k8s] cargo build -p tether-relay" >&2
-cargo build -p tether-relay
 echo "[test-k8s] cargo test ${args[*]}" >&2
-cargo test "${args[@]}"
+cargo test --offline "${args[@]}"

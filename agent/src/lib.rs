@@ -308,6 +308,11 @@ async fn run_loop(
                 }
                 match end {
                     SessionEnd::Shutdown => break,
+                    SessionEnd::Moved => {
+                        let delay = jitter(RECONNECT_JITTER, &mut rand::thread_rng());
+                        info!(retry_in = ?delay, "relay moved the device to another relay; reconnecting");
+                        delay
+                    }
                     SessionEnd::Closed if stable || quick_closes < MAX_PROMPT_RECONNECTS => {
                         if !stable {
                             quick_closes += 1;

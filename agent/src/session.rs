@@ -33,6 +33,9 @@ pub(crate) enum SessionEnd {
     /// The relay closed the connection cleanly: a GOAWAY drain after its streams finished, or a
     /// plain close. (h2 reports both the same way, as the end of the accept loop.)
     Closed,
+    /// The relay asked the agent to reconnect (another relay serves the device now); the old
+    /// connection still carries its in-flight streams.
+    Moved,
     /// The connection broke: I/O error, protocol error, GOAWAY with an error, or keepalive timeout.
     Lost(String),
 }
@@ -68,6 +71,23 @@ where
     loop {
         tokio::select! {
             next = conn.accept() => match next {
+                Some(Ok((req, mut respond))) if is_reconnect(&req) => {
+                    // The relay moved this device elsewhere (ring change or drain). Reconnect now;
+                    // the old connection keeps carrying its in-flight streams in the background
+                    // until the relay closes it after they end.
+                    let _ = respond.send_response(http::Response::new(()), true);
+                    let ctx = ctx.clone();
+                    let inner = tracker.clone();
+                    tracker.spawn(
+                        async move {
+                            while let Some(Ok((req, respond))) = conn.accept().await {
+                                inner.spawn(forward::handle(req, respond, ctx.clone()).in_current_span());
+                            }
+                        }
+                        .in_current_span(),
+                    );
+                    return SessionEnd::Moved;
+                }
                 Some(Ok((req, respond))) => {
                     tracker.spawn(forward::handle(req, respond, ctx.clone()).in_current_span());
                 }
@@ -100,6 +120,12 @@ where
         warn!(deadline = ?settings.drain_timeout, "drain deadline passed; closing streams still open");
     }
     SessionEnd::Shutdown
+}
+
+fn is_reconnect<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(tether_proto::HEADER_CONTROL)
+        .is_some_and(|v| v.as_bytes() == tether_proto::CONTROL_RECONNECT.as_bytes())
 }
 
 /// Sends a PING every `interval` and resolves with a reason once one goes unanswered for

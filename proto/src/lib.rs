@@ -31,5 +31,10 @@ pub const HEADER_TARGET_PORT: &str = "tether-target-port";
 pub const HEADER_STREAM_UID: &str = "tether-stream-uid";
 /// W3C trace-context header propagated across client, relay and agent.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// HTTP/2 request header of a control request (relay → agent) instead of a stream.
+pub const HEADER_CONTROL: &str = "tether-control";
+/// [`HEADER_CONTROL`] value: "another relay serves you now: reconnect at once; streams in flight
+/// on this connection continue until they end".
+pub const CONTROL_RECONNECT: &str = "reconnect";
 /// Response header carrying a machine-readable refusal reason (relay → client, agent → relay).
 pub const HEADER_ERROR: &str = "tether-error";

@@ -44,6 +44,7 @@ struct Established {
     device: DeviceKey,
     agent_version: String,
     send_request: h2::client::SendRequest<bytes::Bytes>,
+    via: Option<std::net::IpAddr>,
     /// Boxed: a future stores its arguments and its locals separately, so moving the HTTP/2
     /// connection (2.5 KB) into the session's future inline would hold it twice.
     conn: std::pin::Pin<Box<h2::client::Connection<Tls, bytes::Bytes>>>,
@@ -57,6 +58,7 @@ async fn establish(shared: &Shared, accepted: Box<Accepted>) -> Option<Establish
         sni_device,
         deadline,
         pending,
+        origin,
     } = *accepted;
     let admitted = timeout_at(deadline, admit(shared, &mut tls, sni_device)).await;
     let (device, preface) = match admitted {
@@ -98,6 +100,7 @@ async fn establish(shared: &Shared, accepted: Box<Accepted>) -> Option<Establish
             device,
             agent_version: preface.agent_version,
             send_request,
+            via: origin.via,
             conn: Box::pin(conn),
         }),
         Ok(Err(e)) => {
@@ -121,6 +124,7 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
         device,
         agent_version,
         send_request,
+        via,
         mut conn,
     } = established;
     let limits = &shared.config.limits;
@@ -139,6 +143,7 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
         closed: closed.clone(),
         agent_version: agent_version.clone(),
         since: std::time::Instant::now(),
+        via,
     });
     let span = tracing::info_span!("device", device = %device, session = id);
     async {

@@ -143,7 +143,7 @@ pub(crate) async fn peer_accept_loop(
                         shared.metrics.forwarded_connections.with_label_values(&["received"]).inc();
                         let origin = Origin {
                             client: header.source,
-                            forwarded: true,
+                            via: Some(from.ip()),
                         };
                         let _ = tcp.set_nodelay(true);
                         handshake::handle(shared, tcp, pending, origin).await;

@@ -28,8 +28,9 @@ use crate::{Shared, device, fleet::Route, forward, metrics::Side, service};
 pub(crate) struct Origin {
     /// The client's address: the TCP peer, or for a forwarded connection the PROXY header's source.
     pub client: SocketAddr,
-    /// Received on the peer port from another relay: served here, never forwarded again.
-    pub forwarded: bool,
+    /// The relay that forwarded it (received on the peer port): served here, never forwarded
+    /// again. `None` for a direct connection.
+    pub via: Option<std::net::IpAddr>,
 }
 
 /// The TLS stream type of an accepted connection.
@@ -75,6 +76,7 @@ pub(crate) struct Accepted {
     /// When the handshake phase must be over.
     pub deadline: Instant,
     pub pending: Pending,
+    pub origin: Origin,
 }
 
 /// Runs a connection from its first byte to its end.
@@ -98,6 +100,7 @@ pub(crate) async fn handle(
             sni_device,
             deadline,
             pending,
+            origin,
         }),
         // Forwarded to the owning relay, and over.
         Ok(Ok(None)) => return,
@@ -145,10 +148,15 @@ async fn accept_tls(
             relay_domain: shared.config.relay_domain.clone(),
         }),
     };
+    // A draining relay takes no new device sessions (an agent's reconnect must land on a relay
+    // that stays); services are still served, or forwarded, until the grace period ends.
+    if side == Side::Device && shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Failure::new(side, "relay_draining", "the relay is draining"));
+    }
     // The routing point. A connection another relay forwarded is served here whatever this
     // relay's ring says, so two rings that disagree for a moment cannot make a loop.
     let mut peeked = peeked;
-    if let (Some(fleet), Ok(device), false) = (&shared.fleet, &sni_device, origin.forwarded) {
+    if let (Some(fleet), Ok(device), false) = (&shared.fleet, &sni_device, origin.via.is_some()) {
         match fleet.route(device) {
             Route::Local => {}
             Route::Forward { owner, peer } => {

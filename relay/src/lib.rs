@@ -82,6 +82,9 @@ pub(crate) struct Shared {
     pub next_session_id: AtomicU64,
     /// The relay fleet, in Kubernetes mode; `None` standalone (every device is local).
     pub fleet: Option<Arc<fleet::Fleet>>,
+    /// Set once draining: new device connections are refused (so agents reconnect to a relay that
+    /// stays), services are still served for the grace period.
+    pub draining: AtomicBool,
     /// Reports for the status writer (in a fleet).
     pub status: Option<Arc<status::StatusBoard>>,
     /// Per-stream connection limits from DeviceStream specs (they may change after the token was
@@ -210,6 +213,7 @@ impl Relay {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             hard_stop: CancellationToken::new(),
             next_session_id: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
             status: fleet.as_ref().map(|_| Arc::new(status::StatusBoard::default())),
             stream_limits: Default::default(),
             fleet,
@@ -296,6 +300,7 @@ impl Relay {
 
         shutdown.cancelled().await;
         ready.store(false, Ordering::Relaxed);
+        shared.draining.store(true, Ordering::Relaxed);
         shared.metrics.draining.set(1);
         let limits = &shared.config.limits;
         tracing::info!(grace = ?limits.drain_grace, deadline = ?limits.drain_deadline, "draining: not ready");
@@ -311,7 +316,7 @@ impl Relay {
             devices = sessions.len(),
             "sent GOAWAY to devices; waiting for streams to finish"
         );
-        drop(sessions);
+        rebalance::tell_to_reconnect(sessions);
         tracker.close();
         if tokio::time::timeout(limits.drain_deadline, tracker.wait())
             .await

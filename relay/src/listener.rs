@@ -54,7 +54,7 @@ fn admit(shared: &Arc<Shared>, tracker: &TaskTracker, tcp: TcpStream, peer: Sock
     let shared = shared.clone();
     let origin = Origin {
         client: peer,
-        forwarded: false,
+        via: None,
     };
     tracker.spawn(
         async move {

@@ -36,9 +36,12 @@ pub(crate) async fn run(shared: Arc<Shared>, fleet: Arc<Fleet>, stop: Cancellati
             }
             _ = sweep.tick() => SWEEP_MIN_AGE,
         };
-        let moved = shared
-            .registry
-            .take_where(|device, session| session.since.elapsed() >= min_age && !fleet.owns(device));
+        // Misplaced sessions, and sessions forwarded by a relay that left the ring: it is
+        // draining and its forwarded connections end when it exits.
+        let moved = shared.registry.take_where(|device, session| {
+            let forwarder_left = session.via.is_some_and(|ip| !fleet.is_member_address(ip));
+            session.since.elapsed() >= min_age && (!fleet.owns(device) || forwarder_left)
+        });
         if !moved.is_empty() {
             m.devices_moved.inc_by(moved.len() as u64);
             m.connected_devices.set(shared.registry.device_count() as i64);
@@ -47,8 +50,33 @@ pub(crate) async fn run(shared: Arc<Shared>, fleet: Arc<Fleet>, stop: Cancellati
                 "sent GOAWAY to devices another relay owns now"
             );
         }
-        // Dropping the sessions drops their request handles: h2 sends GOAWAY once each
-        // connection's streams are done.
-        drop(moved);
+        tell_to_reconnect(moved);
+    }
+}
+
+/// How long an agent has to acknowledge the reconnect request.
+const RECONNECT_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks each session's agent to reconnect now (a `tether-control: reconnect` request, protocol
+/// §2.3), then drops the session's request handle: h2 sends GOAWAY once the connection's in-flight
+/// streams end, and they run to their end meanwhile. Without the request the agent would only
+/// reconnect after its last stream ended, and a long SSH session would pin the device to a relay
+/// that no longer owns it.
+pub(crate) fn tell_to_reconnect(sessions: Vec<Arc<crate::registry::DeviceSession>>) {
+    for session in sessions {
+        let send_request = session.send_request.clone();
+        drop(session);
+        tokio::spawn(async move {
+            let request = http::Request::post("/")
+                .header(tether_proto::HEADER_CONTROL, tether_proto::CONTROL_RECONNECT)
+                .body(());
+            let Ok(request) = request else { return };
+            let _ = tokio::time::timeout(RECONNECT_ACK_TIMEOUT, async move {
+                let mut ready = send_request.ready().await.ok()?;
+                let (response, _) = ready.send_request(request, true).ok()?;
+                response.await.ok()
+            })
+            .await;
+        });
     }
 }

@@ -31,6 +31,9 @@ pub struct DeviceSession {
     pub agent_version: String,
     /// When the session started.
     pub since: std::time::Instant,
+    /// The relay that forwards this connection, if it came through one: when that relay leaves
+    /// the ring (it is draining), the device is asked to reconnect before the forwarder exits.
+    pub via: Option<std::net::IpAddr>,
 }
 
 /// Why a connection to a stream was refused by the registry.

@@ -55,6 +55,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
         sni_device,
         deadline,
         pending,
+        ..
     } = *accepted;
     let (request, leftover) = match timeout_at(deadline, read_request(&mut tls)).await {
         Ok(Ok(ok)) => ok,

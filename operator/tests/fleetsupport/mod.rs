@@ -146,9 +146,19 @@ pub struct Fleet {
     http: reqwest_free::Http,
 }
 
-/// The loopback address of relay `i`.
+/// The address of relay `i`: `$TETHER_FLEET_NET.<2+i>`, which scripts/test-k8s.sh puts on the
+/// loopback interface of the private network namespace it runs the tests in (the API server
+/// refuses 127.0.0.0/8 in EndpointSlices, and the host's interfaces are never changed).
 pub fn relay_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, 2 + u8::try_from(i).expect("few relays"))
+    let net = std::env::var("TETHER_FLEET_NET").unwrap_or_else(|_| "10.250.0".into());
+    format!("{net}.{}", 2 + i)
+        .parse()
+        .expect("TETHER_FLEET_NET is three IPv4 octets")
+}
+
+/// Whether the fleet addresses exist here (only inside scripts/test-k8s.sh's namespace).
+pub fn fleet_addresses_usable() -> bool {
+    std::net::TcpListener::bind((relay_ip(0), 0)).is_ok()
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -162,6 +172,12 @@ fn free_port() -> anyhow::Result<u16> {
 impl Fleet {
     /// Keys, RBAC and `n` relays (all marked ready), in namespace `ns`.
     pub async fn start(env: &TestEnv, ns: &str, n: usize) -> anyhow::Result<Self> {
+        ensure!(
+            fleet_addresses_usable(),
+            "relay address {} is not configured here: run the fleet tests through scripts/test-k8s.sh \
+             (it runs them in a network namespace that has the addresses)",
+            relay_ip(0)
+        );
         let dir = tempfile::tempdir()?;
         let ips: Vec<IpAddr> = (0..8).map(|i| IpAddr::V4(relay_ip(i))).collect();
         standalone::init(dir.path(), &[DOMAIN.to_owned()], &ips)?;
@@ -487,10 +503,19 @@ impl Fleet {
         })
     }
 
-    /// Removes the cluster-scoped RBAC (the namespace takes the rest).
+    /// Stops the relays, keeps their logs in `target/fleet-logs/<namespace>/` (for a failed run's
+    /// post-mortem) and removes the cluster-scoped RBAC (the namespace takes the rest).
     pub async fn cleanup(&mut self) {
         for r in &mut self.relays {
             r.kill();
+        }
+        if let Some(target) = relay_binary().parent().and_then(Path::parent) {
+            let keep = target.join("fleet-logs").join(&self.ns);
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for r in &self.relays {
+                    let _ = std::fs::copy(&r.log, keep.join(format!("{}.log", r.name)));
+                }
+            }
         }
         let dp = DeleteParams::default();
         let _ = Api::<ClusterRoleBinding>::all(self.client.clone())

@@ -609,7 +609,8 @@ selector: {matchLabels: {app.kubernetes.io/instance: relays, app.kubernetes.io/n
         assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/live");
         assert_eq!(c["ports"][0]["containerPort"], 8443);
-        assert_eq!(c["ports"][1]["containerPort"], 9090);
+        assert_eq!(c["ports"][1]["containerPort"], 8444);
+        assert_eq!(c["ports"][2]["containerPort"], 9090);
         assert_eq!(c["resources"]["requests"]["cpu"], "100m");
         let env: BTreeMap<String, String> = c["env"]
             .as_sequence()
@@ -618,6 +619,8 @@ selector: {matchLabels: {app.kubernetes.io/instance: relays, app.kubernetes.io/n
             .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
             .collect();
         assert_eq!(env["TETHER_RELAY_DOMAIN"], "relay.example.com");
+        assert_eq!(env["TETHER_RELAY_KUBERNETES"], "true");
+        assert_eq!(env["TETHER_RELAY_POOL"], "relays");
         assert_eq!(env["TETHER_TRUST_DOMAIN"], "td.example");
         assert_eq!(env["TETHER_RELAY_TLS_CERT"], "/etc/tether/tls/tls.crt");
         assert_eq!(
@@ -667,7 +670,7 @@ selector: {matchLabels: {app.kubernetes.io/instance: relays, app.kubernetes.io/n
     }
 
     #[test]
-    fn relay_role_is_read_only_on_three_resources() {
+    fn relay_role_reads_only_endpointslices_and_the_cluster_role_writes_only_status() {
         let c = children();
         let rules = c.role.rules.unwrap();
         let mut granted = Vec::new();
@@ -676,8 +679,14 @@ selector: {matchLabels: {app.kubernetes.io/instance: relays, app.kubernetes.io/n
             assert!(r.resource_names.is_none() && r.non_resource_urls.is_none());
             granted.extend(r.resources.clone().unwrap());
         }
-        granted.sort();
-        assert_eq!(granted, ["devices", "devicestreams", "endpointslices"]);
+        assert_eq!(granted, ["endpointslices"]);
+        let cluster = relay_cluster_rules();
+        for r in &cluster {
+            for res in r.resources.clone().unwrap() {
+                let writes = r.verbs.iter().any(|v| v != "get" && v != "list" && v != "watch");
+                assert_eq!(writes, res.ends_with("/status"), "{res}: {:?}", r.verbs);
+            }
+        }
         assert_eq!(c.role_binding.role_ref.name, "relays-relay");
         assert_eq!(c.role_binding.subjects.unwrap()[0].name, "relays-relay");
     }

@@ -49,11 +49,12 @@ struct User {
 impl User {
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.kubectl);
+        // Cluster flags first: everything after `--` belongs to ssh.
         cmd.arg("tether")
-            .args(args)
             .args(["--kubeconfig"])
             .arg(&self.kubeconfig)
             .args(["-n", &self.ns])
+            .args(args)
             .env("PATH", &self.path)
             .env("RUST_LOG", "warn");
         cmd
@@ -235,7 +236,8 @@ async fn kubectl_tether_ssh_port_forward_credentials_and_rbac() -> anyhow::Resul
             args.extend(&ssh_opts);
             args.push("sleep 300");
             let mut doomed = alice.command(&args);
-            doomed.process_group(0).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            let doomed_log = dir.path().join("killed-plugin.log");
+            doomed.process_group(0).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&doomed_log)?);
             let mut doomed = doomed.spawn()?;
             let doomed_stream = eventually(WAIT, || async {
                 let streams = plugin_streams(&admin, &ns).await?;
@@ -245,7 +247,8 @@ async fn kubectl_tether_ssh_port_forward_credentials_and_rbac() -> anyhow::Resul
                     .map(ResourceExt::name_any)
                     .context("no Ready stream yet")
             })
-            .await?;
+            .await
+            .with_context(|| format!("plugin stderr: {}", std::fs::read_to_string(&doomed_log).unwrap_or_default()))?;
             // Let ssh log in through it, then kill the whole process group (plugin and ssh).
             tokio::time::sleep(Duration::from_secs(2)).await;
             // `kubectl` execs the plugin, so its pid (and process group) is the plugin's.

@@ -187,7 +187,8 @@ fn parse_address(s: &str) -> Result<IpAddr, String> {
     if s == "localhost" {
         return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
-    s.parse().map_err(|_| format!("{s:?} is not an IP address or `localhost`"))
+    s.parse()
+        .map_err(|_| format!("{s:?} is not an IP address or `localhost`"))
 }
 
 /// A `[LOCAL:]REMOTE` port pair; `LOCAL` 0 means any free port.
@@ -242,9 +243,21 @@ mod tests {
 
     #[test]
     fn port_pairs_and_destinations() {
-        assert_eq!("8080".parse(), Ok(PortPair { local: 8080, remote: 8080 }));
+        assert_eq!(
+            "8080".parse(),
+            Ok(PortPair {
+                local: 8080,
+                remote: 8080
+            })
+        );
         assert_eq!(":80".parse(), Ok(PortPair { local: 0, remote: 80 }));
-        assert_eq!("9000:80".parse(), Ok(PortPair { local: 9000, remote: 80 }));
+        assert_eq!(
+            "9000:80".parse(),
+            Ok(PortPair {
+                local: 9000,
+                remote: 80
+            })
+        );
         assert!("9000:0".parse::<PortPair>().is_err());
         assert!("x:80".parse::<PortPair>().is_err());
         assert_eq!(split_destination("root@pump-7"), (Some("root"), "pump-7"));
@@ -254,13 +267,27 @@ mod tests {
     #[test]
     fn cluster_flags_go_anywhere_and_ssh_args_after_dashes() {
         let cli = Cli::try_parse_from([
-            "kubectl-tether", "ssh", "root@pump", "-n", "factory", "--context", "prod", "-p", "2222", "--",
-            "-i", "key", "uname", "-a",
+            "kubectl-tether",
+            "ssh",
+            "root@pump",
+            "-n",
+            "factory",
+            "--context",
+            "prod",
+            "-p",
+            "2222",
+            "--",
+            "-i",
+            "key",
+            "uname",
+            "-a",
         ])
         .expect("parses");
         assert_eq!(cli.kube.namespace.as_deref(), Some("factory"));
         assert_eq!(cli.kube.context.as_deref(), Some("prod"));
-        let Command::Ssh(ssh) = cli.command else { panic!("ssh") };
+        let Command::Ssh(ssh) = cli.command else {
+            panic!("ssh")
+        };
         assert_eq!(ssh.port, 2222);
         assert_eq!(ssh.ssh_args, ["-i", "key", "uname", "-a"]);
         assert!(Cli::try_parse_from(["kubectl-tether", "ssh", "pump", "--ttl", "10s"]).is_err());

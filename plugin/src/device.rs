@@ -44,11 +44,18 @@ pub async fn enroll(cluster: &Cluster, args: EnrollArgs) -> Result<()> {
         "spec": { "allowedPorts": allow },
     });
     let api: Api<Device> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(cluster.api_error("patch", DEVICES, DEVICE_ADMIN_ROLE))?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(cluster.api_error("patch", DEVICES, DEVICE_ADMIN_ROLE))?;
     let ports = allow.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
-    println!("device/{name} enrolled in namespace {} (allowed ports {ports})", cluster.namespace);
+    println!(
+        "device/{name} enrolled in namespace {} (allowed ports {ports})",
+        cluster.namespace
+    );
     println!(
         "next: kubectl tether device credentials {name} -n {} --out DIR   (then copy DIR to the device)",
         cluster.namespace
@@ -95,13 +102,16 @@ pub async fn credentials(cluster: &Cluster, args: CredentialsArgs) -> Result<()>
         .and_then(|s| s.credentials_secret.clone())
         .ok_or_else(|| Error::Malformed(format!("Device {name} names no credentials Secret")))?;
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-    let secret = secrets
-        .get(&secret_name)
-        .await
-        .map_err(cluster.api_error("get", "secrets", DEVICE_ADMIN_ROLE))?;
+    let secret =
+        secrets
+            .get(&secret_name)
+            .await
+            .map_err(cluster.api_error("get", "secrets", DEVICE_ADMIN_ROLE))?;
     let field = |key: &str| -> Option<String> {
         let bytes = secret.data.as_ref()?.get(key)?;
-        String::from_utf8(bytes.0.clone()).ok().filter(|s| !s.trim().is_empty())
+        String::from_utf8(bytes.0.clone())
+            .ok()
+            .filter(|s| !s.trim().is_empty())
     };
     let need = |key: &str| {
         field(key).ok_or_else(|| Error::Malformed(format!("credentials Secret {secret_name} has no {key:?}")))

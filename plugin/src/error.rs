@@ -40,7 +40,9 @@ pub enum Error {
         namespace: String,
     },
     /// The Device is disabled.
-    #[error("Device {name:?} in namespace {namespace:?} is disabled (spec.disabled); a device admin must enable it")]
+    #[error(
+        "Device {name:?} in namespace {namespace:?} is disabled (spec.disabled); a device admin must enable it"
+    )]
     DeviceDisabled {
         /// Device name.
         name: String,
@@ -83,7 +85,9 @@ pub enum Error {
         name: String,
     },
     /// The DeviceStream does not exist.
-    #[error("DeviceStream {name:?} does not exist in namespace {namespace:?} (`kubectl tether streams` lists them)")]
+    #[error(
+        "DeviceStream {name:?} does not exist in namespace {namespace:?} (`kubectl tether streams` lists them)"
+    )]
     StreamNotFound {
         /// Stream name.
         name: String,
@@ -121,7 +125,9 @@ pub enum Error {
         message: String,
     },
     /// The stream's token has expired.
-    #[error("the stream token has expired (DeviceStream TTL passed); run the command again, with a longer --ttl if needed")]
+    #[error(
+        "the stream token has expired (DeviceStream TTL passed); run the command again, with a longer --ttl if needed"
+    )]
     TokenExpired,
     /// The relay refused or the tunnel failed for another reason.
     #[error(transparent)]

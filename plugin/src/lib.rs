@@ -34,7 +34,9 @@ pub async fn run(cli: args::Cli) -> Result<u8> {
         args::Command::Ssh(a) => ssh::run(&cluster, a).await,
         args::Command::PortForward(a) => forward::run(&cluster, a).await.map(|()| 0),
         args::Command::Connect(a) => connect::run(&cluster, a).await.map(|()| 0),
-        args::Command::Device(args::DeviceCommand::Enroll(a)) => device::enroll(&cluster, a).await.map(|()| 0),
+        args::Command::Device(args::DeviceCommand::Enroll(a)) => {
+            device::enroll(&cluster, a).await.map(|()| 0)
+        }
         args::Command::Device(args::DeviceCommand::Credentials(a)) => {
             device::credentials(&cluster, a).await.map(|()| 0)
         }

@@ -33,7 +33,13 @@ pub fn ssh_command(
     user: Option<&str>,
     device: &str,
 ) -> Vec<String> {
-    let mut proxy = vec![exe.to_owned(), "connect".into(), "--stream".into(), stream.to_owned(), "--stdio".into()];
+    let mut proxy = vec![
+        exe.to_owned(),
+        "connect".into(),
+        "--stream".into(),
+        stream.to_owned(),
+        "--stdio".into(),
+    ];
     proxy.extend(flags.iter().cloned());
     let proxy = proxy.iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ");
     let mut cmd = vec![
@@ -51,7 +57,13 @@ pub fn ssh_command(
     cmd
 }
 
-async fn run_ssh(cluster: &Cluster, args: &SshArgs, user: Option<&str>, device: &str, name: &str) -> Result<u8> {
+async fn run_ssh(
+    cluster: &Cluster,
+    args: &SshArgs,
+    user: Option<&str>,
+    device: &str,
+    name: &str,
+) -> Result<u8> {
     let exe = std::env::current_exe().map_err(Error::io("cannot find the kubectl-tether binary"))?;
     let mut cmd = tokio::process::Command::new(&args.ssh);
     cmd.args(ssh_command(
@@ -107,8 +119,20 @@ mod tests {
 
     #[test]
     fn proxy_command_carries_the_cluster_flags_quoted() {
-        let flags = ["--kubeconfig".to_owned(), "/home/a b/kc%".to_owned(), "--namespace".to_owned(), "f".to_owned()];
-        let cmd = ssh_command("/usr/bin/kubectl-tether", &flags, "pump-ssh-x1", "f", Some("root"), "pump");
+        let flags = [
+            "--kubeconfig".to_owned(),
+            "/home/a b/kc%".to_owned(),
+            "--namespace".to_owned(),
+            "f".to_owned(),
+        ];
+        let cmd = ssh_command(
+            "/usr/bin/kubectl-tether",
+            &flags,
+            "pump-ssh-x1",
+            "f",
+            Some("root"),
+            "pump",
+        );
         assert_eq!(
             cmd[1],
             "ProxyCommand=/usr/bin/kubectl-tether connect --stream pump-ssh-x1 --stdio --kubeconfig \

@@ -5,19 +5,13 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
-use k8s_openapi::api::{
-    authentication::v1::SelfSubjectReview,
-    core::v1::Secret,
-};
+use k8s_openapi::api::{authentication::v1::SelfSubjectReview, core::v1::Secret};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ObjectMeta, PostParams},
     runtime::watcher,
 };
-use tether_api::{
-    Device, DeviceStream, DeviceStreamSpec, StreamPhase,
-    conditions::types,
-};
+use tether_api::{Device, DeviceStream, DeviceStreamSpec, StreamPhase, conditions::types};
 use tether_cli::connect::Target;
 use tether_net::{dial::Proxy, tls};
 use tether_proto::name::DeviceKey;
@@ -89,7 +83,13 @@ pub async fn whoami(cluster: &Cluster) -> Option<String> {
 pub fn label_value(user: &str) -> String {
     let mapped: String = user
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '.' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '.'
+            }
+        })
         .take(63)
         .collect();
     mapped
@@ -201,7 +201,9 @@ pub async fn wait_ready(cluster: &Cluster, name: &str) -> Result<DeviceStream> {
             let stream = match event {
                 Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => s,
                 Ok(watcher::Event::Delete(_)) => {
-                    return Err(Error::StreamDeleted { name: name.to_owned() });
+                    return Err(Error::StreamDeleted {
+                        name: name.to_owned(),
+                    });
                 }
                 Ok(_) => continue,
                 Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e)) => {
@@ -217,7 +219,10 @@ pub async fn wait_ready(cluster: &Cluster, name: &str) -> Result<DeviceStream> {
                 Progress::Ready => return Ok(stream),
                 Progress::Waiting(message) => {
                     if message.is_some() && message != last {
-                        eprintln!("waiting for DeviceStream {name}: {}", message.as_deref().unwrap_or(""));
+                        eprintln!(
+                            "waiting for DeviceStream {name}: {}",
+                            message.as_deref().unwrap_or("")
+                        );
                     }
                     last = message.or(last.take());
                 }
@@ -300,7 +305,11 @@ pub async fn target(cluster: &Cluster, stream: &DeviceStream) -> Result<Target> 
     let relay_domain = server_name
         .strip_prefix(&prefix)
         .filter(|d| !d.is_empty())
-        .ok_or_else(|| Error::Malformed(format!("server-name {server_name:?} is not {prefix}<relay domain>")))?
+        .ok_or_else(|| {
+            Error::Malformed(format!(
+                "server-name {server_name:?} is not {prefix}<relay domain>"
+            ))
+        })?
         .to_owned();
     let (host, port) = endpoint
         .rsplit_once(':')
@@ -373,7 +382,10 @@ mod tests {
 
     #[test]
     fn usernames_become_label_values() {
-        assert_eq!(label_value("system:serviceaccount:ns:alice"), "system.serviceaccount.ns.alice");
+        assert_eq!(
+            label_value("system:serviceaccount:ns:alice"),
+            "system.serviceaccount.ns.alice"
+        );
         assert_eq!(label_value("alice@example.com"), "alice.example.com");
         assert_eq!(label_value(":x:"), "x");
         assert_eq!(label_value(&"a".repeat(100)).len(), 63);
@@ -391,10 +403,16 @@ mod tests {
         let Err(Error::StreamFailed { reason, message, .. }) = progress(&stream) else {
             panic!("not failed")
         };
-        assert_eq!((reason.as_str(), message.as_str()), ("PortNotAllowed", "port 22 is not allowed"));
+        assert_eq!(
+            (reason.as_str(), message.as_str()),
+            ("PortNotAllowed", "port 22 is not allowed")
+        );
         let mut ready = stream.clone();
         ready.status.as_mut().expect("status").phase = Some(StreamPhase::Ready);
-        assert!(matches!(progress(&ready), Ok(Progress::Waiting(_))), "Ready without a Secret name waits");
+        assert!(
+            matches!(progress(&ready), Ok(Progress::Waiting(_))),
+            "Ready without a Secret name waits"
+        );
         ready.status.as_mut().expect("status").token_secret = Some("s-tether-token".into());
         assert!(matches!(progress(&ready), Ok(Progress::Ready)));
         ready.status.as_mut().expect("status").phase = Some(StreamPhase::Expired);

@@ -31,17 +31,35 @@ pub async fn devices(cluster: &Cluster, args: ListArgs) -> Result<()> {
                 d.name_any(),
                 st.connected.map_or("-".into(), |c| c.to_string()),
                 st.relay.unwrap_or_else(|| "-".into()),
-                st.last_seen.as_ref().map_or("-".into(), |t| format!("{} ago", age(t, now))),
-                d.spec.allowed_ports.iter().map(i32::to_string).collect::<Vec<_>>().join(","),
+                st.last_seen
+                    .as_ref()
+                    .map_or("-".into(), |t| format!("{} ago", age(t, now))),
+                d.spec
+                    .allowed_ports
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
                 d.spec.disabled.to_string(),
-                d.metadata.creation_timestamp.as_ref().map_or("-".into(), |t| age(t, now)),
+                d.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or("-".into(), |t| age(t, now)),
             ]
         })
         .collect::<Vec<_>>();
     print_list(
         &items,
         args.output,
-        &["NAME", "CONNECTED", "RELAY", "LAST SEEN", "PORTS", "DISABLED", "AGE"],
+        &[
+            "NAME",
+            "CONNECTED",
+            "RELAY",
+            "LAST SEEN",
+            "PORTS",
+            "DISABLED",
+            "AGE",
+        ],
         &rows,
         &cluster.namespace,
         "devices",
@@ -80,14 +98,27 @@ pub async fn streams(cluster: &Cluster, args: ListArgs) -> Result<()> {
                     .get(crate::stream::OWNER_LABEL)
                     .cloned()
                     .unwrap_or_else(|| "-".into()),
-                s.metadata.creation_timestamp.as_ref().map_or("-".into(), |t| age(t, now)),
+                s.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or("-".into(), |t| age(t, now)),
             ]
         })
         .collect::<Vec<_>>();
     print_list(
         &items,
         args.output,
-        &["NAME", "DEVICE", "PORT", "PHASE", "RELAY", "BYTES(TO/FROM)", "CONNS", "OWNER", "AGE"],
+        &[
+            "NAME",
+            "DEVICE",
+            "PORT",
+            "PHASE",
+            "RELAY",
+            "BYTES(TO/FROM)",
+            "CONNS",
+            "OWNER",
+            "AGE",
+        ],
         &rows,
         &cluster.namespace,
         "DeviceStreams",

@@ -103,7 +103,11 @@ fn bind_shipped_role(env: &TestEnv, file: &str, ns: &str, sa: &str) -> anyhow::R
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {name}}}\n\
          subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]\n"
     );
-    let (ok, out) = kubectl_apply(env, &format!("{}---\n{binding}", serde_yaml::to_string(&role)?), &[])?;
+    let (ok, out) = kubectl_apply(
+        env,
+        &format!("{}---\n{binding}", serde_yaml::to_string(&role)?),
+        &[],
+    )?;
     ensure!(ok, "applying {file}: {out}");
     Ok(name)
 }
@@ -158,18 +162,26 @@ async fn kubectl_tether_ssh_port_forward_credentials_and_rbac() -> anyhow::Resul
         let Some(sshd) = Sshd::start(dir.path()).await? else {
             // test.sh installs OpenSSH and CI runs as root; a developer without them is told.
             eprintln!("skipped: kubectl tether ssh needs root, /usr/sbin/sshd and ssh");
-            anyhow::ensure!(std::env::var("TETHER_REQUIRE_K8S").as_deref() != Ok("1"), "OpenSSH missing in CI");
+            anyhow::ensure!(
+                std::env::var("TETHER_REQUIRE_K8S").as_deref() != Ok("1"),
+                "OpenSSH missing in CI"
+            );
             return Ok(());
         };
         let operator = start_operator(&env, &ns).await?;
         let admin = env.client();
         let relay = TestRelay::start(&admin, &operator.ns, DOMAIN, dir.path()).await?;
         let op_ns = operator.ns.clone();
-        apply::<RelayPool>(&admin, &op_ns, &format!(
-            "apiVersion: tether.dev/v1alpha1\nkind: RelayPool\n\
+        apply::<RelayPool>(
+            &admin,
+            &op_ns,
+            &format!(
+                "apiVersion: tether.dev/v1alpha1\nkind: RelayPool\n\
              metadata: {{name: relays, namespace: {op_ns}, annotations: {{tether.dev/endpoint: '{}'}}}}\n\
-             spec: {{relayDomain: {DOMAIN}, minReplicas: 1, maxReplicas: 2}}\n", relay.addr
-        ))
+             spec: {{relayDomain: {DOMAIN}, minReplicas: 1, maxReplicas: 2}}\n",
+                relay.addr
+            ),
+        )
         .await?;
 
         // `kubectl` finds the plugin on PATH, as it would after `cp kubectl-tether /usr/local/bin`.
@@ -199,17 +211,35 @@ async fn kubectl_tether_ssh_port_forward_credentials_and_rbac() -> anyhow::Resul
 
         let outcome = async {
             // Device admin: enrol, then export the agent bundle.
-            let out = carol.run(&["device", "enroll", "pump", "--allow", "22,8080"]).await?;
-            ensure!(out.status.success(), "enroll: {}", String::from_utf8_lossy(&out.stderr));
+            let out = carol
+                .run(&["device", "enroll", "pump", "--allow", "22,8080"])
+                .await?;
+            ensure!(
+                out.status.success(),
+                "enroll: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let bundle = dir.path().join("bundle");
             let b = bundle.display().to_string();
-            let out = carol.run(&["device", "credentials", "pump", "--out", &b, "--install-dir", &b]).await?;
-            ensure!(out.status.success(), "credentials: {}", String::from_utf8_lossy(&out.stderr));
+            let out = carol
+                .run(&["device", "credentials", "pump", "--out", &b, "--install-dir", &b])
+                .await?;
+            ensure!(
+                out.status.success(),
+                "credentials: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let mode = std::fs::metadata(bundle.join("device.key"))?.permissions().mode() & 0o777;
             ensure!(mode == 0o600, "device.key mode {mode:o}");
             let toml = std::fs::read_to_string(bundle.join("agent.toml"))?;
-            ensure!(toml.contains(&format!("relay = \"{}\"", relay.addr)), "agent.toml: {toml}");
-            ensure!(toml.contains(&format!("device = \"{ns}/pump\"")), "agent.toml: {toml}");
+            ensure!(
+                toml.contains(&format!("relay = \"{}\"", relay.addr)),
+                "agent.toml: {toml}"
+            );
+            ensure!(
+                toml.contains(&format!("device = \"{ns}/pump\"")),
+                "agent.toml: {toml}"
+            );
 
             // The agent starts from that agent.toml (ports mapped to this test's servers, as the
             // real sshd and web server are not on 22 and 8080 here).
@@ -223,9 +253,12 @@ async fn kubectl_tether_ssh_port_forward_credentials_and_rbac() -> anyhow::Resul
             let mut state = agent.state();
             let stop_agent = CancellationToken::new();
             let agent_task = tokio::spawn(agent.run(stop_agent.clone()));
-            tokio::time::timeout(WAIT, state.wait_for(|s| matches!(s, tether_agent::AgentState::Connected { .. })))
-                .await
-                .context("the agent from agent.toml did not connect")??;
+            tokio::time::timeout(
+                WAIT,
+                state.wait_for(|s| matches!(s, tether_agent::AgentState::Connected { .. })),
+            )
+            .await
+            .context("the agent from agent.toml did not connect")??;
 
             let ssh_opts = sshd.client_options();
             let ssh_opts: Vec<&str> = ssh_opts.iter().map(String::as_str).collect();
@@ -237,27 +270,52 @@ async fn kubectl_tether_ssh_port_forward_credentials_and_rbac() -> anyhow::Resul
             args.push("sleep 300");
             let mut doomed = alice.command(&args);
             let doomed_log = dir.path().join("killed-plugin.log");
-            doomed.process_group(0).stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&doomed_log)?);
+            doomed
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&doomed_log)?);
             let mut doomed = doomed.spawn()?;
             let doomed_stream = eventually(WAIT, || async {
                 let streams = plugin_streams(&admin, &ns).await?;
                 streams
                     .iter()
-                    .find(|s| s.status.as_ref().and_then(|st| st.phase).is_some_and(|p| matches!(p, StreamPhase::Ready | StreamPhase::Active)))
+                    .find(|s| {
+                        s.status
+                            .as_ref()
+                            .and_then(|st| st.phase)
+                            .is_some_and(|p| matches!(p, StreamPhase::Ready | StreamPhase::Active))
+                    })
                     .map(ResourceExt::name_any)
                     .context("no Ready stream yet")
             })
             .await
-            .with_context(|| format!("plugin stderr: {}", std::fs::read_to_string(&doomed_log).unwrap_or_default()))?;
+            .with_context(|| {
+                format!(
+                    "plugin stderr: {}",
+                    std::fs::read_to_string(&doomed_log).unwrap_or_default()
+                )
+            })?;
             // Let ssh log in through it, then kill the whole process group (plugin and ssh).
             tokio::time::sleep(Duration::from_secs(2)).await;
             // `kubectl` execs the plugin, so its pid (and process group) is the plugin's.
-            let st = Command::new("kill").args(["-KILL", "--", &format!("-{}", doomed.id())]).status()?;
+            let st = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", doomed.id())])
+                .status()?;
             ensure!(st.success(), "kill -KILL the plugin's process group failed");
             let _ = doomed.wait();
-            let stream = Api::<DeviceStream>::namespaced(admin.clone(), &ns).get(&doomed_stream).await?;
-            let owner = stream.labels().get("tether.dev/owner").cloned().unwrap_or_default();
-            ensure!(owner == format!("system.serviceaccount.{ns}.alice"), "owner label {owner:?}");
+            let stream = Api::<DeviceStream>::namespaced(admin.clone(), &ns)
+                .get(&doomed_stream)
+                .await?;
+            let owner = stream
+                .labels()
+                .get("tether.dev/owner")
+                .cloned()
+                .unwrap_or_default();
+            ensure!(
+                owner == format!("system.serviceaccount.{ns}.alice"),
+                "owner label {owner:?}"
+            );
 
             // Stream user: ssh, with the remote output and exit code coming back.
             let mut args = vec!["ssh", "root@pump", "--"];
@@ -265,18 +323,39 @@ async fn kubectl_tether_ssh_port_forward_credentials_and_rbac() -> anyhow::Resul
             args.push("echo tether-ssh-ok; uname -s; exit 3");
             let out = alice.run(&args).await?;
             let stdout = String::from_utf8_lossy(&out.stdout);
-            ensure!(stdout.contains("tether-ssh-ok") && stdout.contains("Linux"), "ssh stdout: {stdout}; stderr: {}", String::from_utf8_lossy(&out.stderr));
-            ensure!(out.status.code() == Some(3), "exit code {:?}, want ssh's 3", out.status.code());
-            let left: Vec<String> = plugin_streams(&admin, &ns).await?.iter().map(ResourceExt::name_any).filter(|n| *n != doomed_stream).collect();
+            ensure!(
+                stdout.contains("tether-ssh-ok") && stdout.contains("Linux"),
+                "ssh stdout: {stdout}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            ensure!(
+                out.status.code() == Some(3),
+                "exit code {:?}, want ssh's 3",
+                out.status.code()
+            );
+            let left: Vec<String> = plugin_streams(&admin, &ns)
+                .await?
+                .iter()
+                .map(ResourceExt::name_any)
+                .filter(|n| *n != doomed_stream)
+                .collect();
             ensure!(left.is_empty(), "streams left after ssh exited: {left:?}");
 
             // Tables.
             let out = alice.run(&["devices"]).await?;
             let table = String::from_utf8_lossy(&out.stdout);
-            ensure!(out.status.success() && table.starts_with("NAME") && table.contains("pump"), "devices: {table}");
+            ensure!(
+                out.status.success() && table.starts_with("NAME") && table.contains("pump"),
+                "devices: {table}"
+            );
             let out = alice.run(&["streams", "-o", "json"]).await?;
             let list: serde_json::Value = serde_json::from_slice(&out.stdout).context("streams -o json")?;
-            ensure!(list["items"].as_array().is_some_and(|i| i.iter().any(|s| s["metadata"]["name"] == doomed_stream.as_str())), "streams: {list}");
+            ensure!(
+                list["items"]
+                    .as_array()
+                    .is_some_and(|i| i.iter().any(|s| s["metadata"]["name"] == doomed_stream.as_str())),
+                "streams: {list}"
+            );
 
             // port-forward, then curl through it; SIGINT (Ctrl-C) deletes the stream.
             let mut pf = alice.command(&["port-forward", "pump", ":8080"]);
@@ -292,26 +371,70 @@ async fn kubectl_tether_ssh_port_forward_credentials_and_rbac() -> anyhow::Resul
                 .and_then(|l| l.trim().strip_suffix(" -> 8080"))
                 .with_context(|| format!("port-forward printed {line:?}"))?
                 .to_owned();
-            let curl = tokio::task::spawn_blocking(move || Command::new("curl").args(["-sS", "--max-time", "20", &format!("http://{local}/")]).output()).await??;
-            ensure!(String::from_utf8_lossy(&curl.stdout) == PAGE, "curl: {:?} {}", String::from_utf8_lossy(&curl.stdout), String::from_utf8_lossy(&curl.stderr));
+            let curl = tokio::task::spawn_blocking(move || {
+                Command::new("curl")
+                    .args(["-sS", "--max-time", "20", &format!("http://{local}/")])
+                    .output()
+            })
+            .await??;
+            ensure!(
+                String::from_utf8_lossy(&curl.stdout) == PAGE,
+                "curl: {:?} {}",
+                String::from_utf8_lossy(&curl.stdout),
+                String::from_utf8_lossy(&curl.stderr)
+            );
             kill(pf.id(), "-INT")?;
             let status = tokio::task::spawn_blocking(move || pf.wait()).await??;
             ensure!(status.success(), "port-forward exited with {status}");
-            let left: Vec<String> = plugin_streams(&admin, &ns).await?.iter().map(ResourceExt::name_any).filter(|n| *n != doomed_stream).collect();
+            let left: Vec<String> = plugin_streams(&admin, &ns)
+                .await?
+                .iter()
+                .map(ResourceExt::name_any)
+                .filter(|n| *n != doomed_stream)
+                .collect();
             ensure!(left.is_empty(), "streams left after port-forward: {left:?}");
 
             // Errors a person can act on.
-            alice.fails_with(&["ssh", "root@no-such-device"], &["Device \"no-such-device\" does not exist", &ns]).await?;
-            alice.fails_with(&["ssh", "-p", "2222", "root@pump"], &["port 2222 is not allowed", "[22, 8080]"]).await?;
-            bob.fails_with(&["ssh", "root@pump"], &["RBAC denied", "create devicestreams.tether.dev", "tether-stream-user"]).await?;
-            alice.fails_with(&["device", "enroll", "other", "--allow", "22"], &["RBAC denied", "patch devices.tether.dev", "tether-device-admin"]).await?;
+            alice
+                .fails_with(
+                    &["ssh", "root@no-such-device"],
+                    &["Device \"no-such-device\" does not exist", &ns],
+                )
+                .await?;
+            alice
+                .fails_with(
+                    &["ssh", "-p", "2222", "root@pump"],
+                    &["port 2222 is not allowed", "[22, 8080]"],
+                )
+                .await?;
+            bob.fails_with(
+                &["ssh", "root@pump"],
+                &[
+                    "RBAC denied",
+                    "create devicestreams.tether.dev",
+                    "tether-stream-user",
+                ],
+            )
+            .await?;
+            alice
+                .fails_with(
+                    &["device", "enroll", "other", "--allow", "22"],
+                    &["RBAC denied", "patch devices.tether.dev", "tether-device-admin"],
+                )
+                .await?;
 
             // The stream user cannot read the trust anchors (other namespace) at all.
             let alice_client = env.service_account_client(&ns, "alice").await?;
             for secret in ["tether-ca", "tether-token-key"] {
-                match Api::<Secret>::namespaced(alice_client.clone(), &op_ns).get(secret).await {
+                match Api::<Secret>::namespaced(alice_client.clone(), &op_ns)
+                    .get(secret)
+                    .await
+                {
                     Err(kube::Error::Api(s)) if s.code == 403 => {}
-                    other => anyhow::bail!("alice reading {op_ns}/{secret}: {:?}", other.map(|s| s.name_any())),
+                    other => anyhow::bail!(
+                        "alice reading {op_ns}/{secret}: {:?}",
+                        other.map(|s| s.name_any())
+                    ),
                 }
             }
 
@@ -319,12 +442,21 @@ async fn kubectl_tether_ssh_port_forward_credentials_and_rbac() -> anyhow::Resul
             let api = Api::<DeviceStream>::namespaced(admin.clone(), &ns);
             eventually(Duration::from_secs(90), || async {
                 let s = api.get(&doomed_stream).await?;
-                ensure!(s.status.as_ref().and_then(|st| st.phase) == Some(StreamPhase::Expired), "phase {:?}", s.status.as_ref().and_then(|st| st.phase));
+                ensure!(
+                    s.status.as_ref().and_then(|st| st.phase) == Some(StreamPhase::Expired),
+                    "phase {:?}",
+                    s.status.as_ref().and_then(|st| st.phase)
+                );
                 Ok(())
             })
             .await?;
-            let secret = Api::<Secret>::namespaced(admin.clone(), &ns).get_opt(&format!("{doomed_stream}-tether-token")).await?;
-            ensure!(secret.is_none(), "the expired stream's token Secret is still there");
+            let secret = Api::<Secret>::namespaced(admin.clone(), &ns)
+                .get_opt(&format!("{doomed_stream}-tether-token"))
+                .await?;
+            ensure!(
+                secret.is_none(),
+                "the expired stream's token Secret is still there"
+            );
 
             stop_agent.cancel();
             let _ = agent_task.await;
@@ -332,7 +464,10 @@ async fn kubectl_tether_ssh_port_forward_credentials_and_rbac() -> anyhow::Resul
         }
         .await;
         for role in roles {
-            let _ = env.kubectl().args(["delete", "--ignore-not-found", "clusterrole", &role]).output();
+            let _ = env
+                .kubectl()
+                .args(["delete", "--ignore-not-found", "clusterrole", &role])
+                .output();
         }
         relay.stop().await;
         operator.stop().await?;

@@ -251,7 +251,12 @@ pub struct TestRelay {
 impl TestRelay {
     /// Starts a relay for `domain` with a serving certificate from the operator's CA in `op_ns`;
     /// its key files go to `dir`.
-    pub async fn start(admin: &Client, op_ns: &str, domain: &str, dir: &std::path::Path) -> anyhow::Result<Self> {
+    pub async fn start(
+        admin: &Client,
+        op_ns: &str,
+        domain: &str,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
         use std::net::{Ipv4Addr, SocketAddr};
         let wait = Duration::from_secs(30);
         let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
@@ -266,11 +271,16 @@ impl TestRelay {
             ))
         })
         .await?;
-        let token_pub =
-            tether_tests::testenv::eventually(wait, || secret_value(admin, op_ns, "tether-token-key", "public.pem"))
-                .await?;
+        let token_pub = tether_tests::testenv::eventually(wait, || {
+            secret_value(admin, op_ns, "tether-token-key", "public.pem")
+        })
+        .await?;
         let ca = tether_net::pki::Ca::from_pem(&ca_cert, &ca_key)?;
-        let serving = ca.issue_server(&[domain.to_owned()], &[Ipv4Addr::LOCALHOST.into()], Duration::from_secs(86_400))?;
+        let serving = ca.issue_server(
+            &[domain.to_owned()],
+            &[Ipv4Addr::LOCALHOST.into()],
+            Duration::from_secs(86_400),
+        )?;
         let files = tether_relay::TlsFiles {
             cert: &write("relay.crt", &serving.cert_pem)?,
             key: &write("relay.key", &serving.key_pem)?,

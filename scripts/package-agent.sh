@@ -13,9 +13,9 @@ TARGET=x86_64-unknown-linux-gnu
 MAX_BYTES=$((5 * 1000 * 1000))
 cd "$ROOT"
 # --target keeps RUSTFLAGS off build scripts and proc macros (they stay dynamic host binaries).
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -p tether-agent --target "$TARGET"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile dist --locked -p tether-agent --target "$TARGET"
 mkdir -p "$OUT"
-install -m 0755 "target/$TARGET/release/tether-agent" "$OUT/tether-agent"
+install -m 0755 "target/$TARGET/dist/tether-agent" "$OUT/tether-agent"
 strip "$OUT/tether-agent"
 cp packaging/systemd/tether-agent.service packaging/agent.toml.example "$OUT/"
 if ldd "$OUT/tether-agent" 2>&1 | grep -q "=>"; then

@@ -341,6 +341,32 @@ async fn kubectl_tether_ssh_port_forward_credentials_and_rbac() -> anyhow::Resul
                 .collect();
             ensure!(left.is_empty(), "streams left after ssh exited: {left:?}");
 
+            // The `~/.ssh/config` form: plain ssh with `connect --device --port`, which creates a
+            // stream for its own lifetime and deletes it afterwards.
+            let proxy = format!(
+                "{} tether --kubeconfig {} -n {ns} connect --device pump --port 22 --stdio",
+                alice.kubectl.display(),
+                alice.kubeconfig.display()
+            );
+            let mut ssh = Command::new("ssh");
+            ssh.args(["-o", &format!("ProxyCommand={proxy}")])
+                .args(&ssh_opts)
+                .args(["root@pump", "echo via-ssh-config"])
+                .env("PATH", &alice.path);
+            let out = tokio::task::spawn_blocking(move || ssh.output()).await??;
+            ensure!(
+                String::from_utf8_lossy(&out.stdout).contains("via-ssh-config"),
+                "ssh with connect --device: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let left: Vec<String> = plugin_streams(&admin, &ns)
+                .await?
+                .iter()
+                .map(ResourceExt::name_any)
+                .filter(|n| *n != doomed_stream)
+                .collect();
+            ensure!(left.is_empty(), "streams left after connect --device: {left:?}");
+
             // Tables.
             let out = alice.run(&["devices"]).await?;
             let table = String::from_utf8_lossy(&out.stdout);

@@ -3,6 +3,7 @@
 //! (`--device --port`, usable straight from `~/.ssh/config`).
 
 use kube::ResourceExt;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Result, args::ConnectArgs, cluster::Cluster, stream};
@@ -23,10 +24,18 @@ pub async fn run(cluster: &Cluster, args: ConnectArgs) -> Result<()> {
         }
         _ => return Err(Error::Usage("give --stream, or --device with --port".into())),
     };
-    let outcome = serve(target, &args).await;
-    if let Some(name) = created {
-        stream::delete(cluster, &name).await?;
-    }
+    let Some(name) = created else {
+        return serve(target, &args).await;
+    };
+    // ssh ends its ProxyCommand with SIGHUP: a stream we created must still be deleted then.
+    let mut hup = signal(SignalKind::hangup()).map_err(Error::io("signals"))?;
+    let mut term = signal(SignalKind::terminate()).map_err(Error::io("signals"))?;
+    let outcome = tokio::select! {
+        outcome = serve(target, &args) => outcome,
+        _ = hup.recv() => Ok(()),
+        _ = term.recv() => Ok(()),
+    };
+    stream::delete(cluster, &name).await?;
     outcome
 }
 

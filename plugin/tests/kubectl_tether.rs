@@ -25,12 +25,9 @@ use std::{
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt, api::ListParams};
-use opsupport::{TestRelay, apply, kubectl_apply, start_operator};
+use opsupport::{TestRelay, apply, kubectl_apply, ssh::Sshd, start_operator};
 use tether_api::{DeviceStream, RelayPool, StreamPhase};
-use tether_tests::{
-    sshd::Sshd,
-    testenv::{TestEnv, eventually},
-};
+use tether_tests::testenv::{TestEnv, eventually};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 

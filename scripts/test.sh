@@ -83,6 +83,7 @@ k8s() {
   # Waits for the background build started below, then runs the Kubernetes suites.
   local args=(-p tether-tests)
   [[ -d operator/tests ]] && args+=(-p tether-operator)
+  [[ -d plugin/tests ]] && args+=(-p tether-plugin)
   scripts/test-k8s.sh "${args[@]}"
 }
 

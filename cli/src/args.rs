@@ -12,7 +12,9 @@ use clap::{Parser, Subcommand};
 use tether_net::{dial::Proxy, tls};
 use tether_proto::name::DeviceKey;
 
-use crate::{connect, demo, standalone};
+#[cfg(feature = "demo")]
+use crate::demo;
+use crate::{connect, standalone};
 
 /// Tether: secure on-demand TCP access to devices behind firewalls, by device ID.
 #[derive(Debug, Parser)]
@@ -28,6 +30,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a relay, an agent and a target on loopback, push bytes through a tunnel, and show how
     /// to SSH through it. Ctrl-C stops everything.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// Open a stream to a device port: `--stdio` (ssh ProxyCommand) or `--listen` (port forward).
     Connect(ConnectArgs),
@@ -180,6 +183,7 @@ impl ConnectArgs {
 /// Whatever the command fails with; `main` prints it on one line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args).await,
         Command::Connect(args) => {
             let target = args.target()?;

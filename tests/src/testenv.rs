@@ -135,7 +135,9 @@ impl TestEnv {
         cmd
     }
 
-    fn tool(&self, name: &str) -> PathBuf {
+    /// Path of the environment's `name` binary (`kubectl`, `helm`), for commands that must not
+    /// get the admin `--kubeconfig` (e.g. a plugin run as another user).
+    pub fn tool(&self, name: &str) -> PathBuf {
         match &self.bin_dir {
             Some(dir) => dir.join(name),
             None => PathBuf::from(name),

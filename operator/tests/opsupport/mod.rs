@@ -237,3 +237,75 @@ pub async fn wait_event(client: &Client, ns: &str, name: &str, reason: &str) -> 
     })
     .await
 }
+
+/// A relay process stand-in: a real `tether_relay::Relay` in-process on 127.0.0.1, trusting the
+/// operator's CA and token key (read from its trust-anchor Secrets), as relays in tests run next
+/// to the API server (there is no node).
+pub struct TestRelay {
+    /// Its service/device port.
+    pub addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl TestRelay {
+    /// Starts a relay for `domain` with a serving certificate from the operator's CA in `op_ns`;
+    /// its key files go to `dir`.
+    pub async fn start(
+        admin: &Client,
+        op_ns: &str,
+        domain: &str,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        use std::net::{Ipv4Addr, SocketAddr};
+        let wait = Duration::from_secs(30);
+        let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+            let p = dir.join(name);
+            std::fs::write(&p, text)?;
+            Ok(p)
+        };
+        let (ca_cert, ca_key) = tether_tests::testenv::eventually(wait, || async {
+            Ok((
+                secret_value(admin, op_ns, "tether-ca", "tls.crt").await?,
+                secret_value(admin, op_ns, "tether-ca", "tls.key").await?,
+            ))
+        })
+        .await?;
+        let token_pub = tether_tests::testenv::eventually(wait, || {
+            secret_value(admin, op_ns, "tether-token-key", "public.pem")
+        })
+        .await?;
+        let ca = tether_net::pki::Ca::from_pem(&ca_cert, &ca_key)?;
+        let serving = ca.issue_server(
+            &[domain.to_owned()],
+            &[Ipv4Addr::LOCALHOST.into()],
+            Duration::from_secs(86_400),
+        )?;
+        let files = tether_relay::TlsFiles {
+            cert: &write("relay.crt", &serving.cert_pem)?,
+            key: &write("relay.key", &serving.key_pem)?,
+            client_ca: &write("relay-ca.crt", &ca_cert)?,
+            token_public_key: &write("token.pub", &token_pub)?,
+        };
+        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let config = tether_relay::RelayConfig::load(
+            loopback,
+            loopback,
+            domain,
+            "test.tether",
+            files,
+            tether_relay::Limits::default(),
+        )?;
+        let relay = tether_relay::Relay::bind(config).await?;
+        let addr = relay.local_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(relay.run(stop.clone()));
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Stops the relay.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}

@@ -61,6 +61,30 @@ impl Sshd {
         Ok(Some(sshd))
     }
 
+    /// The ssh client options [`Sshd::run_ssh`] uses (this server's client key, no host-key
+    /// prompts or files, batch mode), for tests that run `ssh` themselves.
+    pub fn client_options(&self) -> Vec<String> {
+        let key = self.dir.join("client_key").display().to_string();
+        [
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=20",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+            &key,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
     /// Runs `command` over ssh to 127.0.0.1:`port` (the tunnel's local end); returns stdout.
     pub async fn run_ssh(&self, port: u16, command: &str) -> anyhow::Result<String> {
         let key = self.dir.join("client_key");

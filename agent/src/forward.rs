@@ -53,6 +53,9 @@ pub(crate) async fn handle(req: Request<RecvStream>, respond: SendResponse<Bytes
         port = %bounded(raw_port),
         traceparent = %bounded(header(&req, HEADER_TRACEPARENT)),
     );
+    if let Some(tp) = header(&req, HEADER_TRACEPARENT) {
+        tether_net::telemetry::set_remote_parent(&span, tp);
+    }
     serve(req, respond, port, ctx).instrument(span).await;
 }
 
@@ -77,6 +80,7 @@ async fn serve(
         ctx.connect_timeout,
         TcpStream::connect((target.host.as_str(), target.port)),
     )
+    .instrument(info_span!("target_dial"))
     .await
     {
         Ok(Ok(tcp)) => tcp,

@@ -56,6 +56,7 @@ async fn establish(shared: &Shared, accepted: Box<Accepted>) -> Option<Establish
         mut tls,
         sni_device,
         deadline,
+        tls_timing: _,
         pending,
     } = *accepted;
     let admitted = timeout_at(deadline, admit(shared, &mut tls, sni_device)).await;

@@ -32,6 +32,12 @@ pub struct AgentMetrics {
     pub bytes_from_target: IntCounter,
 }
 
+impl std::fmt::Debug for AgentMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentMetrics").finish_non_exhaustive()
+    }
+}
+
 impl AgentMetrics {
     /// Creates and registers the metrics.
     ///

@@ -193,7 +193,7 @@ mod tests {
     use super::*;
 
     fn device(ready: Option<&str>, expires: Option<i64>) -> Device {
-        let mut d = Device::new("d", serde_json::from_value::<DeviceSpec>(serde_json::json!({})).unwrap());
+        let mut d = Device::new("d", serde_json::from_value::<DeviceSpec>(serde_json::json!({"allowedPorts": [22]})).unwrap());
         d.status = Some(DeviceStatus {
             certificate_expires_at: expires.map(|s| Time(Timestamp::from_second(s).unwrap())),
             conditions: ready
@@ -248,12 +248,63 @@ mod tests {
         );
     }
 
+    fn named<K: kube::Resource>(mut k: K, name: &str) -> K {
+        k.meta_mut().name = Some(name.into());
+        k.meta_mut().namespace = Some("plant-a".into());
+        k
+    }
+
     /// The exposition a scrape sees, parsed: every phase present with its exact value, and no
     /// inventory at all before the controllers hand over their stores (a standby replica).
     #[test]
-    fn the_collector_exports_nothing_without_stores() {
+    fn the_collector_reads_the_stores_at_scrape_time() {
+        use kube::runtime::{reflector, watcher::Event};
         let c = InventoryCollector::new().unwrap();
-        let families = c.collect();
-        assert!(families.iter().all(|f| f.get_metric().is_empty()));
+        assert!(c.collect().iter().all(|f| f.get_metric().is_empty()));
+
+        let (devices, mut dw) = reflector::store::<DeserializeGuard<Device>>();
+        let (streams, mut sw) = reflector::store::<DeserializeGuard<DeviceStream>>();
+        dw.apply_watcher_event(&Event::Apply(DeserializeGuard(Ok(named(
+            device(Some("True"), Some(1_900_000_000)),
+            "a",
+        )))));
+        dw.apply_watcher_event(&Event::Apply(DeserializeGuard(Ok(named(
+            device(None, Some(1_800_000_000)),
+            "b",
+        )))));
+        for (i, phase) in [StreamPhase::Active, StreamPhase::Active, StreamPhase::Expired]
+            .into_iter()
+            .enumerate()
+        {
+            sw.apply_watcher_event(&Event::Apply(DeserializeGuard(Ok(named(
+                stream(Some(phase)),
+                &format!("s{i}"),
+            )))));
+        }
+        c.set_devices(devices);
+        c.set_streams(streams);
+        let registry = prometheus::Registry::new();
+        registry.register(Box::new(c)).unwrap();
+        let mut buf = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf).unwrap();
+        let got = tether_net::admin::parse_exposition(std::str::from_utf8(&buf).unwrap()).unwrap();
+        let want: std::collections::BTreeMap<String, f64> = [
+            (r#"tether_operator_device_streams{phase="Active"}"#, 2.0),
+            (r#"tether_operator_device_streams{phase="Expired"}"#, 1.0),
+            (r#"tether_operator_device_streams{phase="Failed"}"#, 0.0),
+            (r#"tether_operator_device_streams{phase="Pending"}"#, 0.0),
+            (r#"tether_operator_device_streams{phase="Ready"}"#, 0.0),
+            (r#"tether_operator_device_streams{phase="Unknown"}"#, 0.0),
+            (r#"tether_operator_devices{ready="false"}"#, 1.0),
+            (r#"tether_operator_devices{ready="true"}"#, 1.0),
+            (
+                "tether_operator_device_certificate_earliest_expiry_timestamp_seconds",
+                1_800_000_000.0,
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        assert_eq!(got, want);
     }
 }

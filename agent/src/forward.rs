@@ -86,12 +86,22 @@ async fn serve(
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             warn!(%target, error = %e, "refusing stream: local target unreachable");
-            refuse(&ctx, &mut respond, StatusCode::BAD_GATEWAY, ERROR_TARGET_UNREACHABLE);
+            refuse(
+                &ctx,
+                &mut respond,
+                StatusCode::BAD_GATEWAY,
+                ERROR_TARGET_UNREACHABLE,
+            );
             return;
         }
         Err(_) => {
             warn!(%target, timeout = ?ctx.connect_timeout, "refusing stream: local target did not accept in time");
-            refuse(&ctx, &mut respond, StatusCode::BAD_GATEWAY, ERROR_TARGET_UNREACHABLE);
+            refuse(
+                &ctx,
+                &mut respond,
+                StatusCode::BAD_GATEWAY,
+                ERROR_TARGET_UNREACHABLE,
+            );
             return;
         }
     };

@@ -72,7 +72,9 @@ async fn relay_and_agent_count_exactly_what_went_through() {
 
     // One stream carrying PAYLOAD bytes up and 5 back.
     let token = bed.token(&device, 9, Duration::from_secs(600)).unwrap();
-    let stream = connect::open(&bed.target(&device, 9, &token).unwrap()).await.unwrap();
+    let stream = connect::open(&bed.target(&device, 9, &token).unwrap())
+        .await
+        .unwrap();
     let (mut r, mut w) = tokio::io::split(stream.tls);
     w.write_all(&vec![0x5a; PAYLOAD]).await.unwrap();
     w.shutdown().await.unwrap();
@@ -82,9 +84,17 @@ async fn relay_and_agent_count_exactly_what_went_through() {
 
     // Two refusals: a token for another port, and a port the agent does not allow.
     let wrong_port = bed.token(&device, 22, Duration::from_secs(600)).unwrap();
-    assert!(connect::open(&bed.target(&device, 9, &wrong_port).unwrap()).await.is_err());
+    assert!(
+        connect::open(&bed.target(&device, 9, &wrong_port).unwrap())
+            .await
+            .is_err()
+    );
     let not_allowed = bed.token(&device, 2222, Duration::from_secs(600)).unwrap();
-    assert!(connect::open(&bed.target(&device, 2222, &not_allowed).unwrap()).await.is_err());
+    assert!(
+        connect::open(&bed.target(&device, 2222, &not_allowed).unwrap())
+            .await
+            .is_err()
+    );
 
     // The relay decrements active streams when both directions have ended; give it a moment.
     let mut relay = scrape(bed.admin_addr).await;
@@ -96,19 +106,46 @@ async fn relay_and_agent_count_exactly_what_went_through() {
         relay = scrape(bed.admin_addr).await;
     }
     let p = PAYLOAD as f64;
-    assert_eq!(value(&relay, r#"tether_relay_bytes_total{direction="service_to_device"}"#), p);
-    assert_eq!(value(&relay, r#"tether_relay_bytes_total{direction="device_to_service"}"#), 5.0);
-    assert_eq!(value(&relay, r#"tether_relay_stream_setups_total{result="ok"}"#), 1.0);
-    assert_eq!(value(&relay, r#"tether_relay_stream_setups_total{result="token_wrong_port"}"#), 1.0);
     assert_eq!(
-        value(&relay, r#"tether_relay_stream_setups_total{result="device_port_not_allowed"}"#),
+        value(
+            &relay,
+            r#"tether_relay_bytes_total{direction="service_to_device"}"#
+        ),
+        p
+    );
+    assert_eq!(
+        value(
+            &relay,
+            r#"tether_relay_bytes_total{direction="device_to_service"}"#
+        ),
+        5.0
+    );
+    assert_eq!(
+        value(&relay, r#"tether_relay_stream_setups_total{result="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &relay,
+            r#"tether_relay_stream_setups_total{result="token_wrong_port"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &relay,
+            r#"tether_relay_stream_setups_total{result="device_port_not_allowed"}"#
+        ),
         1.0
     );
     assert_eq!(value(&relay, "tether_relay_active_streams"), 0.0);
     assert_eq!(value(&relay, "tether_relay_connected_devices"), 1.0);
     assert_eq!(value(&relay, "tether_relay_pending_handshakes"), 0.0);
     // Only the successful setup is timed.
-    assert_eq!(value(&relay, "tether_relay_stream_setup_duration_seconds_count"), 1.0);
+    assert_eq!(
+        value(&relay, "tether_relay_stream_setup_duration_seconds_count"),
+        1.0
+    );
     assert_eq!(
         value(&relay, r#"tether_relay_build_info{version="0.1.0"}"#),
         1.0,
@@ -119,7 +156,10 @@ async fn relay_and_agent_count_exactly_what_went_through() {
     assert!(relay.contains_key("process_cpu_seconds_total"));
     // No series carries a device or stream ID (cardinality).
     for series in relay.keys() {
-        assert!(!series.contains("pump-7") && !series.contains("plant-a"), "{series}");
+        assert!(
+            !series.contains("pump-7") && !series.contains("plant-a"),
+            "{series}"
+        );
     }
 
     // The agent saw one stream through and one refusal; bytes are counted when a stream ends.
@@ -137,14 +177,35 @@ async fn relay_and_agent_count_exactly_what_went_through() {
     )
     .unwrap();
     let agent = parse_exposition(std::str::from_utf8(&buf).unwrap()).unwrap();
-    assert_eq!(value(&agent, r#"tether_agent_bytes_total{direction="to_target"}"#), p);
-    assert_eq!(value(&agent, r#"tether_agent_bytes_total{direction="from_target"}"#), 5.0);
+    assert_eq!(
+        value(&agent, r#"tether_agent_bytes_total{direction="to_target"}"#),
+        p
+    );
+    assert_eq!(
+        value(&agent, r#"tether_agent_bytes_total{direction="from_target"}"#),
+        5.0
+    );
     assert_eq!(value(&agent, r#"tether_agent_streams_total{result="ok"}"#), 1.0);
-    assert_eq!(value(&agent, r#"tether_agent_streams_total{result="port_not_allowed"}"#), 1.0);
-    assert_eq!(value(&agent, r#"tether_agent_streams_total{result="target_unreachable"}"#), 0.0);
+    assert_eq!(
+        value(&agent, r#"tether_agent_streams_total{result="port_not_allowed"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &agent,
+            r#"tether_agent_streams_total{result="target_unreachable"}"#
+        ),
+        0.0
+    );
     assert_eq!(value(&agent, "tether_agent_active_streams"), 0.0);
     assert_eq!(value(&agent, "tether_agent_relay_connected"), 1.0);
-    assert_eq!(value(&agent, r#"tether_agent_relay_connection_attempts_total{result="ok"}"#), 1.0);
+    assert_eq!(
+        value(
+            &agent,
+            r#"tether_agent_relay_connection_attempts_total{result="ok"}"#
+        ),
+        1.0
+    );
 
     stop.cancel();
     agent_task.await.unwrap().unwrap();

@@ -109,7 +109,11 @@ fn route(path: &str, registry: &Registry, ready: &AtomicBool) -> Response<Full<B
 /// A sample line without a value, or with a value that is not a number, names the line.
 pub fn parse_exposition(text: &str) -> Result<std::collections::BTreeMap<String, f64>, String> {
     let mut out = std::collections::BTreeMap::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         // The value is the last space-separated field (label values may contain spaces).
         let (series, value) = line
             .rsplit_once(' ')
@@ -131,7 +135,8 @@ mod tests {
     #[test]
     fn parses_what_the_encoder_writes() {
         let registry = Registry::new();
-        let c = prometheus::IntCounterVec::new(prometheus::Opts::new("t_total", "help"), &["a", "b"]).unwrap();
+        let c =
+            prometheus::IntCounterVec::new(prometheus::Opts::new("t_total", "help"), &["a", "b"]).unwrap();
         registry.register(Box::new(c.clone())).unwrap();
         c.with_label_values(&["x y", "z"]).inc_by(7);
         register_process_metrics(&registry).unwrap();

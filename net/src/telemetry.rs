@@ -17,7 +17,8 @@ use std::time::SystemTime;
 
 use tracing::Span;
 #[cfg(feature = "otel")]
-static PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = std::sync::OnceLock::new();
+static PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> =
+    std::sync::OnceLock::new();
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 /// Keeps the trace exporter alive; [`Telemetry::shutdown`] (or drop) flushes spans not yet sent,
@@ -138,7 +139,8 @@ pub fn record_span(parent: &Span, name: &'static str, start: SystemTime, end: Sy
 pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], u8)> {
     let mut parts = value.trim().split('-');
     let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version != "00" || parts.next().is_some() || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+    if version != "00" || parts.next().is_some() || trace.len() != 32 || span.len() != 16 || flags.len() != 2
+    {
         return None;
     }
     let hex = |s: &str, out: &mut [u8]| -> Option<()> {
@@ -161,7 +163,7 @@ mod otel {
     use opentelemetry::{
         Context, KeyValue,
         trace::{
-            SpanContext, SpanId, Span as _, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+            Span as _, SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
             TracerProvider as _,
         },
     };
@@ -176,13 +178,15 @@ mod otel {
 
     /// A provider when the environment asks for export, `None` when it does not.
     pub(super) fn provider(service: &'static str) -> Result<Option<SdkTracerProvider>, String> {
-        let endpoint = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let endpoint =
+            env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
         let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
             || env("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"));
         if endpoint.is_none() || disabled {
             return Ok(None);
         }
-        let protocol = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        let protocol =
+            env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"));
         if let Some(p) = protocol.filter(|p| p != "http/protobuf") {
             return Err(format!(
                 "OTEL_EXPORTER_OTLP_PROTOCOL={p} is not supported; Tether exports http/protobuf (port 4318)"
@@ -210,7 +214,10 @@ mod otel {
         ))
     }
 
-    pub(super) fn layer<S>(provider: &SdkTracerProvider, service: &'static str) -> Box<dyn Layer<S> + Send + Sync>
+    pub(super) fn layer<S>(
+        provider: &SdkTracerProvider,
+        service: &'static str,
+    ) -> Box<dyn Layer<S> + Send + Sync>
     where
         S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
     {
@@ -228,8 +235,14 @@ mod otel {
     pub(super) fn traceparent(span: &Span) -> Option<String> {
         let cx = span.context();
         let sc = cx.span().span_context().clone();
-        sc.is_valid()
-            .then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
+        sc.is_valid().then(|| {
+            format!(
+                "00-{}-{}-{:02x}",
+                sc.trace_id(),
+                sc.span_id(),
+                sc.trace_flags().to_u8()
+            )
+        })
     }
 
     pub(super) fn set_remote_parent(span: &Span, traceparent: &str) {

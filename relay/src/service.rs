@@ -85,7 +85,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
     }
     tether_net::telemetry::record_span(&span, "tls", tls_timing.0, tls_timing.1);
     async move {
-        let claims = match tracing::info_span!("token_check").in_scope(|| authorize(&shared, &sni_device, &request)) {
+        let checked =
+            tracing::info_span!("token_check").in_scope(|| authorize(&shared, &sni_device, &request));
+        let claims = match checked {
             Ok(claims) => claims,
             Err(r) => return refuse(&shared, tls, r).await,
         };
@@ -148,8 +150,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
             let activity = Arc::new(Activity::default());
             let mut service = Metered::new(tls, m.bytes_to_device.clone(), activity.clone())
                 .with_stream_counter(counters.as_ref().map(|c| c.to_device.clone()));
-            let mut device = Metered::new(FirstByte::new(h2, first_byte.clone()), m.bytes_to_service.clone(), activity.clone())
-                .with_stream_counter(counters.as_ref().map(|c| c.from_device.clone()));
+            let mut device = Metered::new(
+                FirstByte::new(h2, first_byte.clone()),
+                m.bytes_to_service.clone(),
+                activity.clone(),
+            )
+            .with_stream_counter(counters.as_ref().map(|c| c.from_device.clone()));
             let idle = async {
                 match claims.idle_timeout {
                     Some(secs) => activity.idle_for(Duration::from_secs(secs)).await,
@@ -327,8 +333,8 @@ async fn open_stream(
         let (response, send) = ready.send_request(req, false).map_err(gone)?;
         let response = response.await.map_err(gone)?;
         Ok::<_, Refusal>((response, send))
-    }
-    .instrument(dial_span))
+    })
+    .instrument(dial_span)
     .await
     .map_err(|_| {
         Refusal::new(

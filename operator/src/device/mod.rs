@@ -195,7 +195,9 @@ pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shut
     let pool_changes =
         watcher::watcher(pools, Config::default()).filter_map(|ev| async move { ev.ok().map(|_| ()) });
     let controller = Controller::new(devices, Config::default());
-    crate::metrics::metrics().inventory.set_devices(controller.store());
+    crate::metrics::metrics()
+        .inventory
+        .set_devices(controller.store());
     controller
         .owns(
             secrets,

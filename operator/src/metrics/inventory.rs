@@ -193,7 +193,10 @@ mod tests {
     use super::*;
 
     fn device(ready: Option<&str>, expires: Option<i64>) -> Device {
-        let mut d = Device::new("d", serde_json::from_value::<DeviceSpec>(serde_json::json!({"allowedPorts": [22]})).unwrap());
+        let mut d = Device::new(
+            "d",
+            serde_json::from_value::<DeviceSpec>(serde_json::json!({"allowedPorts": [22]})).unwrap(),
+        );
         d.status = Some(DeviceStatus {
             certificate_expires_at: expires.map(|s| Time(Timestamp::from_second(s).unwrap())),
             conditions: ready

@@ -701,12 +701,23 @@ class Alert:
     severity: str
     summary: str
     description: str
+    full: str = ""  # the whole expression, when it is not `(series) condition`
 
     @property
     def expr(self) -> str:
+        if self.full:
+            return self.full
         # Parenthesised: comparison operators bind tighter than `and`/`unless`.
         return f"({self.series}) {self.condition}" if self.condition else self.series
 
+
+# Relays that are scraped and not draining (a relay without the draining gauge counts as not
+# draining), per namespace.
+READY_RELAYS = (
+    "count by (namespace) ((max by (namespace, pod) (up) == 1 and on (namespace, pod) "
+    "max by (namespace, pod) (max_over_time(tether_relay_build_info[1h]))) unless on (namespace, pod) "
+    "(max by (namespace, pod) (tether_relay_draining) == 1))"
+)
 
 ALERTS = [
     Alert(
@@ -722,15 +733,14 @@ ALERTS = [
     ),
     Alert(
         "TetherNoReadyRelays",
-        "count by (namespace) (max_over_time(tether_relay_build_info[1h])) unless on (namespace) "
-        "count by (namespace) ((max by (namespace, pod) (up) == 1) and on (namespace, pod) "
-        "(max by (namespace, pod) (tether_relay_draining) == 0))",
+        READY_RELAYS,
         "",
         "1m",
         "critical",
         "No ready Tether relay in {{ $labels.namespace }}",
         "Relays were seen in the last hour but none is both up and not draining: no device can "
         "connect and no stream can be opened.",
+        full=f"count by (namespace) (max_over_time(tether_relay_build_info[1h])) unless on (namespace) {READY_RELAYS}",
     ),
     Alert(
         "TetherStreamSetupFailureRatioHigh",

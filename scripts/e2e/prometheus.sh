@@ -130,8 +130,17 @@ relay_bytes() { # ADMIN_PORT DIRECTION
   echo "${v:-0}"
 }
 
+refusals() {
+  expect_refusal plant-a/pump-7 "$W/0-22.token" 2222 "$RELAY0" token_wrong_port
+  expect_refusal plant-a/pump-7 "$W/foreign.token" 22 "$RELAY0" token_signature
+  expect_refusal plant-a/pump-7 "$W/0-2222.token" 2222 "$RELAY0" device_port_not_allowed
+  expect_refusal plant-a/pump-8 "$W/foreign.token" 22 "$RELAY1" token_signature
+}
+
 traffic() {
   local out
+  # A counter's first sample shows no increase to rate(): refuse once early, again at the end.
+  refusals
   ssh_opts plant-a/pump-7 "$W/0-22.token" "$RELAY0"
   out=$(ssh "${SSH_OPTS[@]}" "$SSH_USER@pump-7" 'echo tether-ok' 2>>"$W/logs/ssh.log") \
     && [[ $out == tether-ok ]] && pass "ssh through relays-0" || fail "ssh through relays-0: $out"
@@ -158,10 +167,8 @@ traffic() {
   ssh_opts plant-a/pump-8 "$W/1-22.token" "$RELAY1"
   out=$(ssh "${SSH_OPTS[@]}" "$SSH_USER@pump-8" 'echo tether-ok' 2>>"$W/logs/ssh.log") \
     && [[ $out == tether-ok ]] && pass "ssh through relays-1" || fail "ssh through relays-1: $out"
-  expect_refusal plant-a/pump-7 "$W/0-22.token" 2222 "$RELAY0" token_wrong_port
-  expect_refusal plant-a/pump-7 "$W/foreign.token" 22 "$RELAY0" token_signature
-  expect_refusal plant-a/pump-7 "$W/0-2222.token" 2222 "$RELAY0" device_port_not_allowed
-  expect_refusal plant-a/pump-8 "$W/foreign.token" 22 "$RELAY1" token_signature
+  sleep 2
+  refusals
   # Hostile bytes instead of a ClientHello: a handshake failure (side unknown, bad_client_hello).
   printf 'GET / HTTP/1.0\r\n\r\n' | timeout 5 bash -c "cat > /dev/tcp/127.0.0.1/$RELAY0" || true
   local deadline=$((SECONDS + 10))

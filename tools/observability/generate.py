@@ -509,8 +509,11 @@ OPERATOR_DASH = Dashboard(
                     "Reconcile errors",
                     "ops",
                     [
+                        # `or ... * 0`: a zero line per controller while no error has happened
+                        # (the counter has no series until its first error).
                         Target(
-                            f"sum by (controller, reason) ({rate('tether_operator_reconcile_errors_total', OPERATOR)})",
+                            f"sum by (controller, reason) ({rate('tether_operator_reconcile_errors_total', OPERATOR)}) "
+                            f"or sum by (controller) ({rate('tether_operator_reconciles_total', OPERATOR)}) * 0",
                             "{{controller}} {{reason}}",
                         )
                     ],

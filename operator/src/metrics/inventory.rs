@@ -172,7 +172,7 @@ impl Collector for InventoryCollector {
                 .with_label_values(&["false"])
                 .set(inv.devices_not_ready);
             if let Some(t) = inv.earliest_certificate_expiry {
-                self.earliest_expiry.with_label_values(&[]).set(t);
+                self.earliest_expiry.with_label_values::<&str>(&[]).set(t);
             }
         }
         [&self.stream_phases, &self.device_readiness, &self.earliest_expiry]

@@ -9,6 +9,10 @@
 #   4. k8s        tests against a real etcd + kube-apiserver + controller-manager, kubectl and helm
 #                 built from the Go module proxy and cached outside the repo (scripts/test-k8s.sh)
 #   5. bench      a smoke run of the benchmark harness (scripts/bench.sh --smoke)
+#   6. obs        dashboards/alert rules: drift + structure tests, promtool check/test rules; a real
+#                 Prometheus scraping relays, an agent and the operator runs every panel query and
+#                 alert (scripts/e2e/prometheus.sh); OTLP traces into a real receiver
+#                 (scripts/e2e/otel.sh)
 #
 # The Kubernetes build (8-17 min cold) starts in the background first so it overlaps the Rust build.
 # Usage: scripts/test.sh [suite...]   (default: all; names as above)
@@ -19,7 +23,7 @@ export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
 # A one-off build (CI) gains nothing from incremental artifacts: they only cost disk and time.
 [[ -n ${CI:-} ]] && export CARGO_INCREMENTAL=0
 SUITES=("$@")
-((${#SUITES[@]})) || SUITES=(lint unit+int e2e k8s bench)
+((${#SUITES[@]})) || SUITES=(lint unit+int e2e k8s bench obs)
 passed=0 failed=0 failed_names=()
 
 log() { printf '\n[test.sh] %s\n' "$*"; }
@@ -32,6 +36,7 @@ install_system_packages() {
   command -v curl >/dev/null || missing+=(curl)
   command -v tinyproxy >/dev/null || [[ -x /usr/bin/tinyproxy ]] || missing+=(tinyproxy)
   command -v openssl >/dev/null || missing+=(openssl)
+  command -v promtool >/dev/null || missing+=(prometheus) # Debian's; also brings promtool
   if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
@@ -91,10 +96,22 @@ bench() {
   scripts/bench.sh --smoke
 }
 
+obs() {
+  # Debug binaries: dependencies are optimised in the dev profile, and the k8s suite has built
+  # most of them already. The agent gets its optional metrics endpoint and trace export.
+  python3 -m unittest tools/observability/test_dashboards.py &&
+    promtool check rules charts/tether/rules/tether.rules.yaml &&
+    promtool test rules tools/observability/rules.test.yaml &&
+    cargo build --locked -p tether-cli -p tether-relay -p tether-operator -p tether-agent \
+      --features tether-agent/metrics,tether-agent/otel &&
+    TETHER_BIN_DIR="$ROOT/target/debug" scripts/e2e/otel.sh &&
+    TETHER_BIN_DIR="$ROOT/target/debug" scripts/e2e/prometheus.sh
+}
+
 export PATH=$PATH:/usr/local/go/bin:$HOME/.cargo/bin
 install_system_packages
 log "disk: $(df -h "$ROOT" | tail -n 1); $(nproc) cores"
-if wants k8s; then
+if wants k8s || wants obs; then
   log "starting the Kubernetes control-plane build in the background (cached when unchanged)"
   scripts/k8s-env.sh build --detach || log "WARNING: could not start the background build; the k8s suite will build in the foreground"
 fi
@@ -104,6 +121,7 @@ wants unit+int && run_suite unit+int unit_and_integration
 wants e2e && run_suite e2e e2e
 wants k8s && run_suite k8s k8s
 wants bench && run_suite bench bench
+wants obs && run_suite obs obs
 
 for name in "${failed_names[@]}"; do explain_failure "$name"; done
 log "failed suites: ${failed_names[*]:-none}"

@@ -22,6 +22,7 @@
 //! backoff-cap = "30s"
 //! drain-timeout = "30s"
 //! log-level = "info"
+//! # metrics-listen = "127.0.0.1:9464"  # Prometheus /metrics (agents built with feature `metrics`)
 //! ```
 
 use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
@@ -146,6 +147,10 @@ pub struct Args {
     /// Log filter, e.g. `info` or `tether_agent=debug` (RUST_LOG wins when set) [default: info].
     #[arg(long, env = "TETHER_AGENT_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Serve Prometheus metrics (`/metrics`, `/live`, `/ready`) on this address, e.g.
+    /// 127.0.0.1:9464 (needs an agent built with the `metrics` feature) [default: off].
+    #[arg(long, env = "TETHER_AGENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The configuration file, as written. Every key is optional here; [`Config::from_args`] checks
@@ -190,6 +195,8 @@ pub struct FileConfig {
     pub drain_timeout: Option<Duration>,
     /// See [`Args::log_level`].
     pub log_level: Option<String>,
+    /// See [`Args::metrics_listen`].
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// One entry of the file's `allow` list.
@@ -322,6 +329,8 @@ pub struct Config {
     /// Whether to dial through `HTTPS_PROXY` (honouring `NO_PROXY`) when it is set. Always true
     /// from flags and files; in-process tests turn it off so a developer's proxy is not used.
     pub proxy_from_env: bool,
+    /// Where to serve Prometheus metrics; `None` (the default) serves none.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -354,6 +363,7 @@ impl Config {
             target_connect_timeout: DEFAULT_TARGET_CONNECT_TIMEOUT,
             log_level: DEFAULT_LOG_LEVEL.into(),
             proxy_from_env: true,
+            metrics_listen: None,
         }
     }
 
@@ -400,6 +410,7 @@ impl Config {
             backoff_cap,
             drain_timeout,
             log_level,
+            metrics_listen,
         } = args;
         let relay = relay.or(file.relay).ok_or(ConfigError::Missing("relay"))?;
         let (relay_host, relay_port) = parse_relay(&relay)?;
@@ -452,6 +463,7 @@ impl Config {
         if let Some(level) = log_level.or(file.log_level) {
             config.log_level = level;
         }
+        config.metrics_listen = metrics_listen.or(file.metrics_listen);
         config.validate()?;
         Ok(config)
     }
@@ -508,6 +520,12 @@ impl Config {
             .find(|(p, t)| **p == 0 || t.port == 0 || t.host.is_empty())
         {
             return Err(invalid("allow", format!("entry for port {port} is invalid")));
+        }
+        if self.metrics_listen.is_some() && !cfg!(feature = "metrics") {
+            return Err(invalid(
+                "metrics-listen",
+                "this agent was built without the `metrics` feature (cargo build --features metrics)",
+            ));
         }
         if self.max_streams == 0 {
             return Err(invalid("max-streams", "must be at least 1"));

@@ -5,6 +5,7 @@
 //! * [`connector`]: TCP (direct or via `HTTPS_PROXY`), TLS 1.3, the preface, reconnect backoff.
 //! * `session`: HTTP/2 with reversed roles (the agent is the server), keepalive, drain.
 //! * `forward`: one stream — allowlist, local dial, splice.
+//! * [`metrics`]: Prometheus counters, served on `metrics-listen` with the `metrics` feature.
 //!
 //! Run it in-process (tests, `tether demo`) with [`Agent`]:
 //!
@@ -25,6 +26,7 @@
 pub mod config;
 pub mod connector;
 mod forward;
+pub mod metrics;
 mod session;
 
 use std::{sync::Arc, time::Duration};
@@ -81,6 +83,14 @@ pub enum Error {
     /// The device certificate does not match the configured device, or names no device.
     #[error("device identity: {0}")]
     Identity(String),
+    /// The metrics listener could not be bound (or metrics could not be registered).
+    #[error("metrics endpoint {addr}: {message}")]
+    Metrics {
+        /// The configured `metrics-listen` address, if any.
+        addr: String,
+        /// What failed.
+        message: String,
+    },
 }
 
 impl Error {
@@ -91,6 +101,7 @@ impl Error {
             Self::Tls(_) => "tls_material",
             Self::Proxy(_) => "proxy_config",
             Self::Identity(_) => "identity",
+            Self::Metrics { .. } => "metrics",
         }
     }
 
@@ -130,6 +141,7 @@ pub struct Agent {
     device: DeviceKey,
     connector: Connector,
     state: watch::Sender<AgentState>,
+    metrics: metrics::AgentMetrics,
 }
 
 impl std::fmt::Debug for Agent {
@@ -173,17 +185,27 @@ impl Agent {
             proxy,
         );
         let (state, _) = watch::channel(AgentState::Connecting);
+        let metrics = metrics::AgentMetrics::new().map_err(|e| Error::Metrics {
+            addr: String::new(),
+            message: e.to_string(),
+        })?;
         Ok(Self {
             config,
             device,
             connector,
             state,
+            metrics,
         })
     }
 
     /// The device this agent serves (configured, or taken from its certificate).
     pub fn device(&self) -> &DeviceKey {
         &self.device
+    }
+
+    /// The agent's metrics (tests read them; `metrics-listen` serves them).
+    pub fn metrics(&self) -> &metrics::AgentMetrics {
+        &self.metrics
     }
 
     /// A receiver of the agent's [`AgentState`]. Tests and `tether demo` wait on it, e.g.
@@ -196,19 +218,24 @@ impl Agent {
     /// accepting, lets in-flight streams finish (up to the drain timeout) and returns.
     ///
     /// # Errors
-    /// None today once [`Agent::new`] succeeded; the `Result` leaves room for fatal conditions.
+    /// [`Error::Metrics`] when `metrics-listen` cannot be bound (before anything is dialled).
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let Self {
             config,
             device,
             connector,
             state,
+            metrics,
         } = self;
+        let admin = serve_metrics(&config, &metrics, &state, &shutdown).await?;
         let span = info_span!("agent", device = %device);
-        run_loop(&config, &connector, &state, &shutdown)
+        run_loop(&config, &connector, &state, &metrics, &shutdown)
             .instrument(span)
             .await;
         state.send_replace(AgentState::Stopped);
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         Ok(())
     }
 }
@@ -250,10 +277,68 @@ fn resolve_device(config: &Config, leaf: &rustls_pki_types::CertificateDer<'_>) 
     }
 }
 
+/// Starts the metrics server when `metrics-listen` is set; it stops with `shutdown`. `/ready` is
+/// 200 while the agent has a relay session.
+#[cfg(feature = "metrics")]
+async fn serve_metrics(
+    config: &Config,
+    metrics: &metrics::AgentMetrics,
+    state: &watch::Sender<AgentState>,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let fail = |message: String| Error::Metrics {
+        addr: addr.to_string(),
+        message,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    tether_net::admin::register_process_metrics(&metrics.registry).map_err(|e| fail(e.to_string()))?;
+    info!(addr = %listener.local_addr().unwrap_or(addr), "serving metrics");
+    let ready = Arc::new(AtomicBool::new(false));
+    let mut rx = state.subscribe();
+    let flag = ready.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            flag.store(
+                matches!(*rx.borrow_and_update(), AgentState::Connected { .. }),
+                Ordering::Relaxed,
+            );
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+    Ok(Some(tokio::spawn(tether_net::admin::serve(
+        listener,
+        metrics.registry.clone(),
+        ready,
+        shutdown.clone(),
+    ))))
+}
+
+/// Without the `metrics` feature `metrics-listen` is refused by [`Config::validate`].
+#[cfg(not(feature = "metrics"))]
+async fn serve_metrics(
+    _config: &Config,
+    _metrics: &metrics::AgentMetrics,
+    _state: &watch::Sender<AgentState>,
+    _shutdown: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    Ok(None)
+}
+
 async fn run_loop(
     config: &Config,
     connector: &Connector,
     state: &watch::Sender<AgentState>,
+    metrics: &metrics::AgentMetrics,
     shutdown: &CancellationToken,
 ) {
     info!(
@@ -269,6 +354,7 @@ async fn run_loop(
     let ctx = Arc::new(ForwardContext {
         allow: config.allow.clone(),
         connect_timeout: config.target_connect_timeout,
+        metrics: metrics.clone(),
     });
     let settings = SessionSettings {
         max_streams: config.max_streams,
@@ -289,18 +375,25 @@ async fn run_loop(
         };
         let delay = match attempt {
             Err(e) => {
+                metrics
+                    .connection_attempts
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
                 let delay = backoff.next_delay();
                 warn!(error = %e, kind = e.metric_label(), attempt = backoff.attempt(), retry_in = ?delay,
                     "cannot connect to relay");
                 delay
             }
             Ok(connected) => {
+                metrics.connection_attempts.with_label_values(&["ok"]).inc();
+                metrics.connected.set(1);
                 info!(relay_version = %connected.relay_version, "connected to relay");
                 state.send_replace(AgentState::Connected {
                     relay_version: connected.relay_version,
                 });
                 let since = Instant::now();
                 let end = session::serve(connected.stream, settings, ctx.clone(), &tracker, shutdown).await;
+                metrics.connected.set(0);
                 let stable = since.elapsed() >= STABLE_AFTER;
                 if stable {
                     backoff.reset();

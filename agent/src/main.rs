@@ -31,13 +31,15 @@ fn main() -> ExitCode {
         Ok(filter) => filter,
         Err(e) => return usage_error(&format!("invalid log level: {e}")),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let telemetry = tether_net::telemetry::init(filter, false, "tether-agent");
     // Certificates, key and CA are loaded here, still before any dial.
     let agent = match Agent::new(config) {
         Ok(agent) => agent,
         Err(e) => return usage_error(&e),
     };
-    match serve(agent) {
+    let result = serve(agent);
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tether-agent: {e:#}");

@@ -15,6 +15,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
+use tracing::Instrument;
 
 /// Why a stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +124,13 @@ impl ConnectError {
 /// # Errors
 /// The last attempt's error. See [`ConnectError`].
 pub async fn open(target: &Target) -> Result<Stream, ConnectError> {
+    // The root of the stream setup's trace, all attempts included; the relay and the agent join
+    // it via `traceparent`.
+    let span = tracing::info_span!("connect", device = %target.device, port = target.port);
+    open_retrying(target).instrument(span).await
+}
+
+async fn open_retrying(target: &Target) -> Result<Stream, ConnectError> {
     let started = tokio::time::Instant::now();
     let mut delay = std::time::Duration::from_millis(50);
     let mut attempt = 1;
@@ -149,6 +157,7 @@ pub async fn open(target: &Target) -> Result<Stream, ConnectError> {
 pub async fn open_once(target: &Target) -> Result<Stream, ConnectError> {
     let relay = format!("{}:{}", target.relay_host, target.relay_port);
     let tcp = dial(&target.relay_host, target.relay_port, target.proxy.as_ref())
+        .instrument(tracing::info_span!("dial"))
         .await
         .map_err(|source| ConnectError::Dial {
             relay: relay.clone(),
@@ -158,19 +167,31 @@ pub async fn open_once(target: &Target) -> Result<Stream, ConnectError> {
         .map_err(|e| ConnectError::Protocol(format!("bad server name: {e}")))?;
     let mut tls = TlsConnector::from(target.tls.clone())
         .connect(sni, tcp)
+        .instrument(tracing::info_span!("tls"))
         .await
         .map_err(|source| ConnectError::Tls {
             relay: relay.clone(),
             source,
         })?;
-    tls.write_all(&head::encode_connect(
-        &target.device,
-        target.port,
-        &target.token,
-        None,
-    ))
-    .await?;
-    tls.flush().await?;
+    let request_span = tracing::info_span!("request");
+    let traceparent = tether_net::telemetry::traceparent(&request_span);
+    async {
+        tls.write_all(&head::encode_connect(
+            &target.device,
+            target.port,
+            &target.token,
+            traceparent.as_deref(),
+        ))
+        .await?;
+        tls.flush().await?;
+        read_answer(tls).await
+    }
+    .instrument(request_span)
+    .await
+}
+
+/// Reads the relay's answer to CONNECT.
+async fn read_answer(mut tls: TlsStream<TcpStream>) -> Result<Stream, ConnectError> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         match head::parse_response(&buf) {
@@ -222,6 +243,9 @@ where
 /// Setup or I/O errors.
 pub async fn stdio(target: &Target) -> Result<(), ConnectError> {
     let stream = open(target).await?;
+    // ssh may end its ProxyCommand with SIGHUP, before a normal exit could flush: send the
+    // setup's spans now, off the async threads (an unreachable collector must not delay us).
+    tokio::task::spawn_blocking(tether_net::telemetry::flush);
     let mut local = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
     splice_with(stream, &mut local).await?;
     Ok(())

@@ -8,13 +8,14 @@ use clap::Parser;
 async fn main() -> ExitCode {
     tether_net::install_crypto_provider();
     // Logs go to stderr: with --stdio, stdout carries the tunnel.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    match tether_cli::args::run(tether_cli::args::Cli::parse()).await {
+    let telemetry = tether_net::telemetry::init(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        true,
+        "tether",
+    );
+    let result = tether_cli::args::run(tether_cli::args::Cli::parse()).await;
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tether: {e:#}");

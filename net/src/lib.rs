@@ -6,7 +6,10 @@
 //! * [`pki`]: a small CA that issues relay serving certificates and device client certificates.
 //! * [`h2io`]: an HTTP/2 stream as `AsyncRead + AsyncWrite`, and the HTTP/2 tuning both ends use.
 //! * [`dial`]: outbound TCP, directly or through an HTTP `CONNECT` proxy (`HTTPS_PROXY`).
-//! * `admin` (feature `admin`): the `/metrics`, `/ready`, `/live` server of relays and the operator.
+//! * `admin` (feature `admin`): the `/metrics`, `/ready`, `/live` server of relays, the operator and
+//!   (feature `metrics`) the agent.
+//! * [`telemetry`]: the binaries' log subscriber and, with feature `otel`, OTLP trace export
+//!   configured by the standard `OTEL_*` variables; W3C `traceparent` helpers.
 //!
 //! It is a separate crate from `tether-proto` because that one stays sans-IO; see
 //! docs/architecture.md.
@@ -19,6 +22,7 @@ pub mod dial;
 pub mod h2io;
 pub mod pki;
 pub mod rewind;
+pub mod telemetry;
 pub mod tls;
 
 /// Installs the process-wide rustls crypto provider (ring). Binaries call it first thing in `main`;

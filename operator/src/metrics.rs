@@ -1,12 +1,17 @@
-//! Operator metrics: reconciles, errors by reason and reconcile durations, per controller.
+//! Operator metrics: reconciles, errors by reason and reconcile durations, per controller; the
+//! leader flag; trust-anchor expiry; the object inventory ([`inventory`]); process CPU/memory.
 //!
 //! One process-wide [`Metrics`] ([`metrics()`]) so every controller, including ones that only get
 //! an `Arc<Context>`, can record without plumbing; [`registry()`] is what `/metrics` serves.
 
-use std::sync::LazyLock;
+pub mod inventory;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use std::sync::{Arc, LazyLock};
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::time::Instant;
+
+use self::inventory::InventoryCollector;
 
 /// The operator's metric families.
 pub struct Metrics {
@@ -19,6 +24,24 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// `tether_operator_leader{}`: 1 while this replica holds the Lease.
     pub leader: prometheus::IntGauge,
+    /// `tether_operator_trust_anchor_expiry_timestamp_seconds{anchor}`: when the CA certificate
+    /// (`anchor="ca"`) stops being valid, Unix time; set once the anchors are loaded.
+    pub trust_anchor_expiry: IntGaugeVec,
+    /// DeviceStreams by phase, Devices by readiness, earliest device certificate expiry.
+    pub inventory: Arc<InventoryCollector>,
+}
+
+/// Forwards to the shared [`InventoryCollector`] (the registry owns a box, the controllers a
+/// handle).
+struct SharedInventory(Arc<InventoryCollector>);
+
+impl prometheus::core::Collector for SharedInventory {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.collect()
+    }
 }
 
 struct Global {
@@ -61,14 +84,26 @@ static GLOBAL: LazyLock<Global> = LazyLock::new(|| {
     .expect("valid metric");
     let leader = prometheus::IntGauge::new("tether_operator_leader", "1 while this replica holds the Lease")
         .expect("valid metric");
+    let trust_anchor_expiry = IntGaugeVec::new(
+        Opts::new(
+            "tether_operator_trust_anchor_expiry_timestamp_seconds",
+            "When a trust anchor certificate expires (Unix time), per anchor",
+        ),
+        &["anchor"],
+    )
+    .expect("valid metric");
+    let inventory = Arc::new(InventoryCollector::new().expect("valid metrics"));
     for c in [
         Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(errors.clone()),
         Box::new(duration.clone()),
         Box::new(leader.clone()),
+        Box::new(trust_anchor_expiry.clone()),
+        Box::new(SharedInventory(inventory.clone())),
     ] {
         registry.register(c).expect("metric registered once");
     }
+    tether_net::admin::register_process_metrics(&registry).expect("process metrics registered once");
     Global {
         registry,
         metrics: Metrics {
@@ -76,6 +111,8 @@ static GLOBAL: LazyLock<Global> = LazyLock::new(|| {
             errors,
             duration,
             leader,
+            trust_anchor_expiry,
+            inventory,
         },
     }
 });

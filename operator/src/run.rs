@@ -159,6 +159,13 @@ async fn lead(
             Ok(())
         };
     };
+    match tether_net::pki::not_after_unix(trust.ca_pem()) {
+        Ok(t) => metrics::metrics()
+            .trust_anchor_expiry
+            .with_label_values(&["ca"])
+            .set(t),
+        Err(e) => tracing::warn!(error = %e, "cannot read the CA certificate's expiry"),
+    }
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,

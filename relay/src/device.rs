@@ -57,6 +57,7 @@ async fn establish(shared: &Shared, accepted: Box<Accepted>) -> Option<Establish
         mut tls,
         sni_device,
         deadline,
+        tls_timing: _,
         pending,
         origin,
     } = *accepted;

@@ -2,7 +2,7 @@
 //! owning relay: [`crate::forward`]), terminate TLS, and hand it to the device or service path by
 //! ALPN — all under one deadline.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use prometheus::IntGauge;
@@ -75,6 +75,9 @@ pub(crate) struct Accepted {
     pub sni_device: Result<DeviceKey, NameError>,
     /// When the handshake phase must be over.
     pub deadline: Instant,
+    /// When the connection was accepted and when its TLS handshake finished (the stream's trace
+    /// gets a `tls` span for them once the request names the trace).
+    pub tls_timing: (SystemTime, SystemTime),
     pub pending: Pending,
     pub origin: Origin,
 }
@@ -92,6 +95,7 @@ pub(crate) async fn handle(
         gauge: shared.metrics.pending_handshakes.clone(),
     };
     let deadline = Instant::now() + shared.config.limits.handshake_timeout;
+    let accepted_at = SystemTime::now();
     // Boxed straight away: the device or service future takes it, and a TLS stream kept in a
     // local here as well would be stored twice for the connection's lifetime.
     let accepted = match timeout_at(deadline, Box::pin(accept_tls(&shared, tcp, origin))).await {
@@ -99,6 +103,7 @@ pub(crate) async fn handle(
             tls,
             sni_device,
             deadline,
+            tls_timing: (accepted_at, SystemTime::now()),
             pending,
             origin,
         }),

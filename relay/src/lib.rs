@@ -204,6 +204,7 @@ impl Relay {
             .map(|f| Arc::new(fleet::Fleet::new(f.member_name.clone(), f.source_ip)));
         let registry = prometheus::Registry::new();
         let metrics = Metrics::register(&registry)?;
+        tether_net::admin::register_process_metrics(&registry)?;
         let shared = Arc::new(Shared {
             acceptor: TlsAcceptor::from(config.tls.clone()),
             registry: Arc::new(Registry::default()),

@@ -12,11 +12,11 @@ const EX_USAGE: u8 = 64;
 #[tokio::main]
 async fn main() -> ExitCode {
     tether_net::install_crypto_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let telemetry = tether_net::telemetry::init(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        false,
+        "tether-relay",
+    );
     let (config, kube) = match Args::parse().into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -42,6 +42,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(EX_USAGE);
     }
     relay.run(shutdown).await;
+    telemetry.shutdown();
     ExitCode::SUCCESS
 }
 

@@ -173,6 +173,11 @@ impl Metrics {
             )?,
             draining: IntGauge::new("tether_relay_draining", "1 while the relay drains after SIGTERM.")?,
         };
+        // Known label values start at 0, so rate() shows a flat line rather than no data.
+        for reason in ["revoked", "idle_timeout", "relay_shutdown"] {
+            m.streams_cut.with_label_values(&[reason]);
+        }
+        m.stream_setups.with_label_values(&["ok"]);
         registry.register(Box::new(bytes))?;
         registry.register(Box::new(forwarded_bytes))?;
         registry.register(Box::new(m.forwarded_connections.clone()))?;

@@ -26,7 +26,7 @@ use crate::{
     handshake::{Accepted, Failure, Tls, report},
     metrics::Side,
     registry::StreamRefusal,
-    splice::{Activity, Metered, splice},
+    splice::{Activity, FirstByte, Metered, splice},
     unix_now,
 };
 
@@ -54,6 +54,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
         mut tls,
         sni_device,
         deadline,
+        tls_timing,
         pending,
         ..
     } = *accepted;
@@ -79,8 +80,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
     drop(pending);
     let started = StdInstant::now();
     let span = tracing::info_span!("stream", device = %request.device, port = request.port, uid = tracing::field::Empty);
+    // Trace: the client's CONNECT names the parent; the TLS handshake already happened.
+    if let Some(tp) = request.traceparent.as_deref() {
+        tether_net::telemetry::set_remote_parent(&span, tp);
+    }
+    tether_net::telemetry::record_span(&span, "tls", tls_timing.0, tls_timing.1);
     async move {
-        let claims = match authorize(&shared, &sni_device, &request) {
+        let checked =
+            tracing::info_span!("token_check").in_scope(|| authorize(&shared, &sni_device, &request));
+        let claims = match checked {
             Ok(claims) => claims,
             Err(r) => return refuse(&shared, tls, r).await,
         };
@@ -118,6 +126,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
             return report(&shared, Failure::new(Side::Service, "io", e));
         }
         let _ = tls.flush().await;
+        let established_at = std::time::SystemTime::now();
         let m = &shared.metrics;
         let counters = shared.status.as_ref().map(|board| {
             let c = board.stream(&claims.stream_uid);
@@ -128,6 +137,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
         m.setup_seconds.observe(started.elapsed().as_secs_f64());
         m.active_streams.inc();
         tracing::info!(setup_us = started.elapsed().as_micros() as u64, "stream open");
+        let first_byte = Arc::new(std::sync::OnceLock::new());
         // Bytes the client sent right behind its request head belong to the tunnel.
         let result = async {
             if !leftover.is_empty() {
@@ -141,8 +151,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
             let activity = Arc::new(Activity::default());
             let mut service = Metered::new(tls, m.bytes_to_device.clone(), activity.clone())
                 .with_stream_counter(counters.as_ref().map(|c| c.to_device.clone()));
-            let mut device = Metered::new(h2, m.bytes_to_service.clone(), activity.clone())
-                .with_stream_counter(counters.as_ref().map(|c| c.from_device.clone()));
+            let mut device = Metered::new(
+                FirstByte::new(h2, first_byte.clone()),
+                m.bytes_to_service.clone(),
+                activity.clone(),
+            )
+            .with_stream_counter(counters.as_ref().map(|c| c.from_device.clone()));
             let idle = async {
                 match claims.idle_timeout {
                     Some(secs) => activity.idle_for(Duration::from_secs(secs)).await,
@@ -160,6 +174,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
         m.active_streams.dec();
         if let (Some(board), Some(c)) = (&shared.status, &counters) {
             board.connection(&claims.stream_uid, c, false);
+        }
+        if let Some(at) = first_byte.get() {
+            tether_net::telemetry::record_span(&tracing::Span::current(), "first_byte", established_at, *at);
         }
         match result {
             Ok(Ended::Done((up, down))) => tracing::info!(to_device = up, to_service = down, "stream closed"),
@@ -278,7 +295,9 @@ async fn open_stream(
     claims: &StreamClaims,
 ) -> Result<(H2Stream, tokio::sync::OwnedSemaphorePermit), Refusal> {
     let limits = &shared.config.limits;
-    let session = wait_for_device(shared, &request.device, limits.device_connect_timeout).await?;
+    let session = wait_for_device(shared, &request.device, limits.device_connect_timeout)
+        .instrument(tracing::info_span!("device_wait"))
+        .await?;
     let permit = session.streams.clone().try_acquire_owned().map_err(|_| {
         Refusal::new(
             429,
@@ -289,10 +308,14 @@ async fn open_stream(
             ),
         )
     })?;
+    let dial_span = tracing::info_span!("agent_dial");
     let mut req = Request::post("/")
         .header(HEADER_TARGET_PORT, request.port)
         .header(HEADER_STREAM_UID, &claims.stream_uid);
-    if let Some(tp) = request.traceparent.as_deref().filter(|tp| tp.len() <= 256) {
+    // The agent's span joins this relay's `agent_dial` span; a relay that exports no traces
+    // passes the client's context through unchanged.
+    let traceparent = tether_net::telemetry::traceparent(&dial_span).or_else(|| request.traceparent.clone());
+    if let Some(tp) = traceparent.as_deref().filter(|tp| tp.len() <= 256) {
         req = req.header(HEADER_TRACEPARENT, tp);
     }
     let req = req.body(()).map_err(|e| Refusal::new(400, "bad_request", e))?;
@@ -312,6 +335,7 @@ async fn open_stream(
         let response = response.await.map_err(gone)?;
         Ok::<_, Refusal>((response, send))
     })
+    .instrument(dial_span)
     .await
     .map_err(|_| {
         Refusal::new(

@@ -54,6 +54,48 @@ impl<S> Metered<S> {
     }
 }
 
+/// Notes when the first byte was read from `inner` (the stream trace's `first_byte` span).
+pub struct FirstByte<S> {
+    inner: S,
+    at: Arc<std::sync::OnceLock<std::time::SystemTime>>,
+}
+
+impl<S> FirstByte<S> {
+    /// Wraps `inner`; the time of its first non-empty read goes to `at`.
+    pub fn new(inner: S, at: Arc<std::sync::OnceLock<std::time::SystemTime>>) -> Self {
+        Self { inner, at }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstByte<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before && self.at.get().is_none() {
+            let _ = self.at.set(std::time::SystemTime::now());
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByte<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Bytes a connection has moved in either direction, for its idle timeout. Every byte spliced is
 /// read from one side first, so counting reads counts all traffic.
 #[derive(Debug, Default)]

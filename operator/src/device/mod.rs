@@ -194,7 +194,11 @@ pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shut
     let pools = Api::<RelayPool>::namespaced(client, &ctx.config.namespace);
     let pool_changes =
         watcher::watcher(pools, Config::default()).filter_map(|ev| async move { ev.ok().map(|_| ()) });
-    Controller::new(devices, Config::default())
+    let controller = Controller::new(devices, Config::default());
+    crate::metrics::metrics()
+        .inventory
+        .set_devices(controller.store());
+    controller
         .owns(
             secrets,
             Config::default().labels(&format!("{}={}", k8s::MANAGED_BY.0, k8s::MANAGED_BY.1)),

@@ -221,6 +221,7 @@ pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shut
     );
     let controller = Controller::new(streams, Config::default());
     let store = controller.store();
+    crate::metrics::metrics().inventory.set_streams(store.clone());
     controller
         .owns(
             secrets,

@@ -31,7 +31,11 @@ fn main() -> ExitCode {
         Ok(filter) => filter,
         Err(e) => return usage_error(&format!("invalid log level: {e}")),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colour codes only on a terminal: in files and the journal they are noise at best.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .init();
     // Certificates, key and CA are loaded here, still before any dial.
     let agent = match Agent::new(config) {
         Ok(agent) => agent,

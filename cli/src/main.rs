@@ -13,6 +13,7 @@ async fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match tether_cli::args::run(tether_cli::args::Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,

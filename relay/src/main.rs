@@ -16,6 +16,8 @@ async fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        // Colour codes only on a terminal: in files and log collectors they are noise at best.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let (config, kube) = match Args::parse().into_config() {
         Ok(c) => c,

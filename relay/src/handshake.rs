@@ -77,12 +77,7 @@ pub(crate) struct Accepted {
 }
 
 /// Runs a connection from its first byte to its end.
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    permit: Admission,
-    origin: Origin,
-) {
+pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, permit: Admission, origin: Origin) {
     shared.metrics.pending_handshakes.inc();
     let pending = Pending {
         _permit: permit,

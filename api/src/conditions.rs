@@ -42,4 +42,12 @@ pub mod reasons {
     pub const SCALING: &str = "Scaling";
     /// The spec is invalid in a way the schema cannot express.
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// RelayPool: outside the operator's namespace, so refused (no certificate, no children):
+    /// whoever obtains a relay serving certificate can impersonate the relay to every agent.
+    pub const WRONG_NAMESPACE: &str = "WrongNamespace";
+    /// RelayPool: another (older) pool already serves this relay domain.
+    pub const RELAY_DOMAIN_CONFLICT: &str = "RelayDomainConflict";
+    /// RelayPool: an object with a child's name exists and is not owned by this pool; the
+    /// operator does not take it over.
+    pub const CHILD_CONFLICT: &str = "ChildConflict";
 }

@@ -251,6 +251,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 idle_timeout: args.idle_timeout,
             };
             let token = standalone::mint_token(&args.dir, &req)?;
+            // What the relay's revocation file needs to revoke this token (the UID is no secret).
+            if let Ok(claims) = standalone::verifier(&args.dir)?.verify_signature(&token) {
+                eprintln!(
+                    "stream {} expires {}; to revoke it, add to the relay's --revocation-file: stream {} {}",
+                    claims.stream_uid, claims.expires_at, claims.stream_uid, claims.expires_at
+                );
+            }
             match args.out {
                 Some(path) => standalone::write_new(&path, &format!("{token}\n"), true)?,
                 None => println!("{token}"),

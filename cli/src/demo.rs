@@ -27,7 +27,9 @@ const ECHO_PORT: u16 = 7;
 /// `tether demo` flags.
 #[derive(Debug, Parser)]
 pub struct DemoArgs {
-    /// Directory for the demo's keys and tokens (default: a new directory under the temp dir).
+    /// Directory for the demo's keys and tokens: created (mode 0700) if absent; an existing one
+    /// must be empty, ours, and writable by nobody else (default: a fresh private directory under
+    /// the temp dir, removed at exit).
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// MiB to send through the tunnel (and back).
@@ -41,18 +43,57 @@ pub struct DemoArgs {
     pub no_wait: bool,
 }
 
+/// The directory for the demo's keys: `requested`, checked (see [`DemoArgs::dir`]), or a fresh
+/// private one (the guard removes it). A predictable name under a shared temp dir would let
+/// another local user create it first and read or swap the keys.
+fn demo_dir(requested: Option<&std::path::Path>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let Some(dir) = requested else {
+        // A random name, created exclusively (fails if it exists), mode 0700 set at creation.
+        let fresh = tempfile::Builder::new()
+            .prefix("tether-demo-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()?;
+        return Ok((fresh.path().to_owned(), Some(fresh)));
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", dir.display())),
+        Ok(meta) => {
+            // symlink_metadata does not follow a link, so a link planted by
+            // someone else is refused as "not a directory".
+            if !meta.is_dir() {
+                bail!("{} is not a directory", dir.display());
+            }
+            let me = std::fs::metadata("/proc/self")?.uid();
+            if meta.uid() != me {
+                bail!("{} belongs to another user; pass a new directory", dir.display());
+            }
+            if meta.permissions().mode() & 0o022 != 0 {
+                bail!(
+                    "{} is writable by other users; pass a new directory",
+                    dir.display()
+                );
+            }
+            if std::fs::read_dir(dir)?.next().is_some() {
+                bail!("{} is not empty; pass --dir with a new directory", dir.display());
+            }
+        }
+    }
+    Ok((dir.to_owned(), None))
+}
+
 /// Runs the demo.
 ///
 /// # Errors
 /// Any failure to start a component or move the bytes.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("tether-demo-{}", std::process::id())));
-    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-        bail!("{} is not empty; pass --dir with a new directory", dir.display());
-    }
+    let (dir, _fresh) = demo_dir(args.dir.as_deref())?;
     let echo = TcpListener::bind("127.0.0.1:0").await?;
     let echo_addr = echo.local_addr()?;
     tokio::spawn(serve_echo(echo));
@@ -181,4 +222,52 @@ where
         bail!("echoed data differs: sent {bytes} bytes, got {got}");
     }
     Ok(started.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{PermissionsExt, chown};
+
+    use super::demo_dir;
+
+    #[test]
+    fn the_default_directory_is_fresh_and_private() {
+        let (a, guard_a) = demo_dir(None).unwrap();
+        let (b, _guard_b) = demo_dir(None).unwrap();
+        assert_ne!(a, b, "names must not be predictable");
+        let mode = std::fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        drop(guard_a);
+        assert!(!a.exists(), "removed at exit");
+    }
+
+    #[test]
+    fn a_directory_others_could_have_prepared_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Absent: created private.
+        let new = tmp.path().join("new");
+        demo_dir(Some(&new)).unwrap();
+        assert_eq!(
+            std::fs::metadata(&new).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // Empty but world-writable (e.g. made by someone else in /tmp): refused.
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = demo_dir(Some(&open)).unwrap_err().to_string();
+        assert!(err.contains("writable by other users"), "{err}");
+        // Empty, private, but another user's (only root can set that up; CI runs as root).
+        let theirs = tmp.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if chown(&theirs, Some(65_534), Some(65_534)).is_ok() {
+            let err = demo_dir(Some(&theirs)).unwrap_err().to_string();
+            assert!(err.contains("another user"), "{err}");
+        }
+        // A symlink to a directory: refused, it is not ours to trust.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&new, &link).unwrap();
+        assert!(demo_dir(Some(&link)).is_err());
+    }
 }

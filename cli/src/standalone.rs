@@ -64,12 +64,23 @@ fn read(dir: &Path, name: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// Creates `dir` (and missing parents) with mode 0700 whatever the umask: it holds private keys.
+/// An existing directory is left as it is.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
 /// Creates a CA, a token key pair and a relay certificate for `relay_names` in `dir`.
 ///
 /// # Errors
 /// When a file already exists or cannot be written.
 pub fn init(dir: &Path, relay_names: &[String], ips: &[IpAddr]) -> anyhow::Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    create_private_dir(dir)?;
     for name in [
         files::CA_CERT,
         files::CA_KEY,
@@ -115,7 +126,7 @@ pub fn issue_device(
     let ca =
         Ca::from_pem(&read(dir, files::CA_CERT)?, &read(dir, files::CA_KEY)?).context("invalid CA files")?;
     let issued = ca.issue_device(device, trust_domain, validity)?;
-    fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    create_private_dir(out)?;
     write_new(&out.join("device.crt"), &issued.cert_pem, false)?;
     write_new(&out.join("device.key"), &issued.key_pem, true)?;
     write_new(&out.join("ca.crt"), ca.cert_pem(), false)?;
@@ -144,8 +155,17 @@ pub struct TokenRequest {
 /// # Errors
 /// When the key cannot be loaded or the TTL is out of bounds.
 pub fn mint_token(dir: &Path, req: &TokenRequest) -> anyhow::Result<String> {
-    let signer = TokenSigner::from_pkcs8_pem(&read(dir, files::TOKEN_KEY)?)?;
+    let signer = TokenSigner::from_pkcs8_pem(&read(dir, files::TOKEN_KEY)?).context("invalid token key")?;
     mint_with(&signer, req)
+}
+
+/// The verifier of the token key in `dir` (to read back a token just minted).
+///
+/// # Errors
+/// When the key cannot be read or parsed.
+pub fn verifier(dir: &Path) -> anyhow::Result<tether_proto::token::TokenVerifier> {
+    let signer = TokenSigner::from_pkcs8_pem(&read(dir, files::TOKEN_KEY)?).context("invalid token key")?;
+    Ok(signer.verifier())
 }
 
 /// Signs a stream token with `signer`.

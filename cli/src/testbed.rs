@@ -85,6 +85,19 @@ impl Testbed {
     /// # Errors
     /// Key generation, file or bind failures.
     pub async fn start(dir: &Path, limits: Limits) -> anyhow::Result<Self> {
+        Self::start_with(dir, limits, |_| {}).await
+    }
+
+    /// As [`Testbed::start`], letting `configure` adjust the relay's configuration (e.g. a
+    /// revocation file) before it binds.
+    ///
+    /// # Errors
+    /// Key generation, file or bind failures.
+    pub async fn start_with(
+        dir: &Path,
+        limits: Limits,
+        configure: impl FnOnce(&mut RelayConfig),
+    ) -> anyhow::Result<Self> {
         standalone::init(
             dir,
             &[RELAY_DOMAIN.to_owned(), "localhost".to_owned()],
@@ -103,7 +116,8 @@ impl Testbed {
             token_public_key: &dir.join(standalone::files::TOKEN_PUB),
         };
         let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let config = RelayConfig::load(loopback, loopback, RELAY_DOMAIN, TRUST_DOMAIN, files, limits)?;
+        let mut config = RelayConfig::load(loopback, loopback, RELAY_DOMAIN, TRUST_DOMAIN, files, limits)?;
+        configure(&mut config);
         let relay = Relay::bind(config).await?;
         let (relay_addr, admin_addr, handle) = (relay.local_addr(), relay.admin_addr(), relay.handle());
         let shutdown = CancellationToken::new();
@@ -214,6 +228,11 @@ impl Testbed {
     /// CA loading.
     pub fn target(&self, device: &DeviceKey, port: u16, token: &str) -> anyhow::Result<connect::Target> {
         loopback_target(self.ca.cert_pem(), self.relay_addr.port(), device, port, token)
+    }
+
+    /// The CA (to issue extra device certificates, e.g. short-lived ones).
+    pub fn ca(&self) -> &Ca {
+        &self.ca
     }
 
     /// The relay's CA certificate, PEM.

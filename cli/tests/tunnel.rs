@@ -462,6 +462,21 @@ async fn service_waits_for_a_device_that_connects_late() {
     tokio::time::timeout(10 * SECOND, client).await.unwrap().unwrap();
 }
 
+/// A TCP connection to `dst` from source address `src` (any 127.0.0.0/8 address is local).
+async fn connect_from(src: [u8; 4], dst: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((src, 0))).unwrap();
+    socket.connect(dst).await.unwrap()
+}
+
+/// An agent's TLS configuration for `device_cert` (keeps its session cache across connections).
+fn device_tls(ca_pem: &str, device_cert: &tether_net::pki::Issued) -> std::sync::Arc<rustls::ClientConfig> {
+    let cas = tether_net::tls::parse_certs("ca", "test", ca_pem.as_bytes()).unwrap();
+    let chain = tether_net::tls::parse_certs("cert", "test", device_cert.cert_pem.as_bytes()).unwrap();
+    let key = tether_net::tls::parse_key("key", "test", device_cert.key_pem.as_bytes()).unwrap();
+    std::sync::Arc::new(tether_net::tls::agent_client_config(&cas, chain, key, RELAY_DOMAIN).unwrap())
+}
+
 /// Runs the device side of the protocol by hand with the given credentials; returns the relay's
 /// preface reply.
 async fn raw_device_handshake(
@@ -470,32 +485,37 @@ async fn raw_device_handshake(
     device_cert: &tether_net::pki::Issued,
     sni: &DeviceKey,
 ) -> PrefaceReply {
-    let cas = tether_net::tls::parse_certs("ca", "test", ca_pem.as_bytes()).unwrap();
-    let chain = tether_net::tls::parse_certs("cert", "test", device_cert.cert_pem.as_bytes()).unwrap();
-    let key = tether_net::tls::parse_key("key", "test", device_cert.key_pem.as_bytes()).unwrap();
-    let config = tether_net::tls::agent_client_config(&cas, chain, key, RELAY_DOMAIN).unwrap();
-    let tcp = TcpStream::connect(relay).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from(sni.server_name(RELAY_DOMAIN)).unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
+    device_handshake_with(relay, device_tls(ca_pem, device_cert), sni)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The device side of the handshake with `config`; `Err` when TLS fails, else the relay's reply.
+async fn device_handshake_with(
+    relay: SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    sni: &DeviceKey,
+) -> std::io::Result<PrefaceReply> {
+    let tcp = TcpStream::connect(relay).await?;
+    let name = rustls_pki_types::ServerName::try_from(sni.server_name(RELAY_DOMAIN)).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
     let mut out = BytesMut::new();
     Preface {
         agent_version: "test".into(),
         features: vec![],
     }
     .encode(&mut out);
-    tls.write_all(&out).await.unwrap();
+    tls.write_all(&out).await?;
     let mut buf = BytesMut::new();
     loop {
         if let Decoded::Complete(reply) = PrefaceReply::decode(&mut buf).unwrap() {
-            return reply;
+            return Ok(reply);
         }
-        assert!(
-            tls.read_buf(&mut buf).await.unwrap() > 0,
-            "relay closed without a reply"
-        );
+        if tls.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::Error::other("relay closed without a reply"));
+        }
     }
 }
 
@@ -552,10 +572,11 @@ async fn silent_and_garbage_clients_do_not_delay_a_legitimate_stream() {
     };
     let s = setup(limits).await;
     let relay = s.bed.relay_addr;
-    // 200 clients that connect and say nothing, and some that send garbage or half a ClientHello.
+    // 200 clients that connect and say nothing, and some that send garbage or half a ClientHello,
+    // from other addresses than the legitimate client's (one address alone is capped lower).
     let mut idle = Vec::new();
-    for _ in 0..200 {
-        idle.push(TcpStream::connect(relay).await.unwrap());
+    for i in 0..200 {
+        idle.push(connect_from([127, 0, 0, 2 + (i % 4) as u8], relay).await);
     }
     for junk in [
         &b"GET / HTTP/1.1\r\n\r\n"[..],
@@ -637,4 +658,251 @@ async fn drain_lets_streams_finish_then_stops() {
         .expect("relay did not stop after its last stream")
         .unwrap();
     agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_every_pending_handshake_slot() {
+    let s = setup(Limits::default()).await;
+    let relay = s.bed.relay_addr;
+    // 1,100 silent sockets from one address: more than the relay-wide cap of 1,024.
+    let mut silent = Vec::new();
+    for _ in 0..1100 {
+        silent.push(connect_from([127, 0, 0, 9], relay).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A service and a device from another address still get through, fast.
+    let started = Instant::now();
+    transfer(&s.target(7), 1024).await;
+    let took = started.elapsed();
+    assert!(took < SECOND, "service stream took {took:?}");
+    let ca = s.bed.ca();
+    let other = DeviceKey::parse("plant-a/pump-8").unwrap();
+    let cert = ca
+        .issue_device(&other, "tether.local", Duration::from_secs(600))
+        .unwrap();
+    let started = Instant::now();
+    let reply = raw_device_handshake(relay, s.bed.ca_pem(), &cert, &other).await;
+    let took = started.elapsed();
+    assert!(reply.accepted, "{}", reply.message);
+    assert!(took < SECOND, "device handshake took {took:?}");
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains(r#"reason="too_many_pending_from_source""#),
+        "{metrics}"
+    );
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_device_certificate_does_not_come_back_through_resumption() {
+    tether_net::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let bed = Testbed::start(dir.path(), Limits::default()).await.unwrap();
+    let cert = bed
+        .ca()
+        .issue_device(&device(), "tether.local", Duration::from_secs(3))
+        .unwrap();
+    // One client configuration, so its session cache (tickets) carries over, as an agent's does.
+    let config = device_tls(bed.ca_pem(), &cert);
+    let first = device_handshake_with(bed.relay_addr, config.clone(), &device())
+        .await
+        .unwrap();
+    assert!(first.accepted, "{}", first.message);
+    // A second connection while the certificate is valid also works.
+    let again = device_handshake_with(bed.relay_addr, config.clone(), &device())
+        .await
+        .unwrap();
+    assert!(again.accepted, "{}", again.message);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Expired now: the handshake must fail (no ticket may restore the old certificate).
+    match device_handshake_with(bed.relay_addr, config, &device()).await {
+        Err(_) => {}
+        Ok(reply) => assert!(!reply.accepted, "an expired device certificate was accepted"),
+    }
+}
+
+/// Waits until `cond` holds, for up to `within`.
+async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+fn agent_connected(agent: &tether_cli::testbed::RunningAgent) -> bool {
+    matches!(*agent.state.borrow(), tether_agent::AgentState::Connected { .. })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_is_cut_and_refused_until_lifted() {
+    let s = setup(Limits::default()).await;
+    let mut stream = connect::open(&s.target(7)).await.unwrap();
+    let revoked_at = Instant::now();
+    assert!(s.bed.relay.revoke_device(&device()), "no live session was closed");
+    // The live stream ends with the session, well within 2 s.
+    let mut buf = [0u8; 8];
+    let ended = tokio::time::timeout(2 * SECOND, stream.tls.read(&mut buf)).await;
+    assert!(
+        matches!(ended, Ok(Ok(0)) | Ok(Err(_))),
+        "stream still open: {ended:?}"
+    );
+    assert!(eventually(2 * SECOND, || !agent_connected(&s.agent)).await);
+    assert!(revoked_at.elapsed() < 2 * SECOND);
+    // The agent keeps retrying and keeps being refused.
+    tokio::time::sleep(SECOND).await;
+    assert!(!s.bed.relay.is_connected(&device()));
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains(r#"tether_relay_handshake_failures_total{reason="device_revoked",side="device"}"#),
+        "{metrics}"
+    );
+    // Lifted: it reconnects by itself.
+    s.bed.relay.lift_device(&device());
+    assert!(eventually(5 * SECOND, || s.bed.relay.is_connected(&device())).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revocation_file_cuts_devices_and_streams_and_survives_bad_edits() {
+    tether_net::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("revoked.txt");
+    std::fs::write(&file, "# nothing revoked yet\n").unwrap();
+    let bed = Testbed::start_with(&dir.path().join("pki"), Limits::default(), |c| {
+        c.revocation_file = Some(file.clone());
+    })
+    .await
+    .unwrap();
+    let echo = echo_server().await;
+    let mut agent = bed
+        .spawn_agent(bed.agent_config(&device(), &BTreeMap::from([(7, echo)])).unwrap())
+        .unwrap();
+    agent.connected(10 * SECOND).await.unwrap();
+
+    // A stream revoked by UID: its live connection is cut, new ones refused.
+    let now = now();
+    let token = bed.signer.sign(&claims(7, now, now + 600));
+    let target = bed.target(&device(), 7, &token).unwrap();
+    let mut live = connect::open(&target).await.unwrap();
+    std::fs::write(&file, format!("stream test-stream {}\n", now + 600)).unwrap();
+    let mut buf = [0u8; 8];
+    let ended = tokio::time::timeout(3 * SECOND, live.tls.read(&mut buf)).await;
+    assert!(
+        matches!(ended, Ok(Ok(0)) | Ok(Err(_))),
+        "revoked stream still open: {ended:?}"
+    );
+    assert_eq!(
+        refusal_reason(connect::open(&target).await.err().unwrap()),
+        "stream_revoked"
+    );
+
+    // A device: cut within the poll interval plus the 2 s promise.
+    let edited = Instant::now();
+    std::fs::write(&file, "device plant-a/pump-7\n").unwrap();
+    assert!(eventually(3 * SECOND, || !bed.relay.is_connected(&device())).await);
+    assert!(edited.elapsed() < 3 * SECOND);
+    assert!(eventually(SECOND, || !agent_connected(&agent)).await);
+    // The stream entry is gone from the file, so that revocation is lifted.
+    assert!(bed.relay.revoked().1.is_empty());
+
+    // A broken edit is ignored: the device stays revoked and the relay keeps serving.
+    std::fs::write(&file, "device plant-a/pump-7\nrevoke everything please\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!bed.relay.is_connected(&device()));
+    assert_eq!(bed.relay.revoked().0.len(), 1);
+    // So is a deleted file.
+    std::fs::remove_file(&file).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(bed.relay.revoked().0.len(), 1);
+
+    // An empty file lifts everything: the agent comes back by itself.
+    std::fs::write(&file, "").unwrap();
+    assert!(eventually(5 * SECOND, || bed.relay.is_connected(&device())).await);
+    agent.stop().await;
+    bed.stop().await;
+}
+
+/// Resident memory of this process (relay, agent and attackers all live here), KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_from_several_addresses_do_not_lock_out_a_device() {
+    let limits = Limits {
+        handshake_timeout: 3 * SECOND,
+        ..Limits::default()
+    };
+    let s = setup(limits).await;
+    let relay = s.bed.relay_addr;
+    let before = rss_kib();
+    // 1,000 silent connections and 1,000 that drip a ClientHello a byte every 200 ms, spread over
+    // eight addresses (127.0.0.2-9): together they are twice the relay-wide pending cap.
+    let hello = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../proto/fuzz/corpus/client_hello/real_openssl_tether1"),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    let mut drippers = Vec::new();
+    for i in 0..1000u32 {
+        silent.push(connect_from([127, 0, 0, 2 + (i % 8) as u8], relay).await);
+        let mut c = connect_from([127, 0, 0, 2 + (i % 8) as u8], relay).await;
+        let hello = hello.clone();
+        drippers.push(tokio::spawn(async move {
+            for b in hello {
+                if c.write_all(&[b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A device handshake from its own address completes quickly meanwhile.
+    let other = DeviceKey::parse("plant-a/pump-8").unwrap();
+    let cert = s
+        .bed
+        .ca()
+        .issue_device(&other, "tether.local", Duration::from_secs(600))
+        .unwrap();
+    let t = Instant::now();
+    let reply = raw_device_handshake(relay, s.bed.ca_pem(), &cert, &other).await;
+    let took = t.elapsed();
+    assert!(reply.accepted, "{}", reply.message);
+    assert!(took < SECOND, "device handshake took {took:?} under attack");
+    let during = rss_kib();
+    // Stalled handshakes are closed at the deadline (3 s after they connected, plus slack).
+    let mut buf = [0u8; 16];
+    for c in silent.iter_mut().take(50) {
+        let closed = tokio::time::timeout(5 * SECOND, c.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "silent client not closed: {closed:?}"
+        );
+    }
+    assert!(started.elapsed() < 9 * SECOND);
+    for d in drippers {
+        d.abort();
+    }
+    tokio::time::sleep(SECOND).await;
+    let metrics = s.metrics().await;
+    assert!(metrics.contains("tether_relay_pending_handshakes 0"), "{metrics}");
+    let growth_mib = during.saturating_sub(before) / 1024;
+    println!(
+        "hostile clients: device handshake {took:?}; RSS {} MiB before, {} MiB with 2,000 hostile \
+         connections (+{growth_mib} MiB, client sockets and tasks included)",
+        before / 1024,
+        during / 1024
+    );
+    assert!(growth_mib < 64, "RSS grew by {growth_mib} MiB");
 }

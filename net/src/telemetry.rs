@@ -63,13 +63,20 @@ impl Drop for Telemetry {
 /// stdout), plus OTLP export when configured (see the module docs). `service` is the default
 /// `service.name`. A second call (tests) leaves the first subscriber in place.
 pub fn init(filter: EnvFilter, stderr: bool, service: &'static str) -> Telemetry {
+    // Colour codes only on a terminal: in files, the journal and log collectors they are noise,
+    // and a device-controlled string must not be able to pass escape sequences along.
+    use std::io::IsTerminal as _;
     let fmt = if stderr {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_filter(filter)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_filter(filter).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_filter(filter)
+            .boxed()
     };
     #[cfg(feature = "otel")]
     {

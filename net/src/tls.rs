@@ -178,6 +178,46 @@ pub fn relay_server_config(
     Ok(config)
 }
 
+/// The relay's configuration for device connections (ClientHellos offering ALPN `tether/1`):
+/// `service`'s certificate and client verifier, ALPN `tether/1` only, and **no session
+/// resumption**. A resumed TLS 1.3 session restores the client certificate from the ticket
+/// without checking it again, and each resumption issues fresh tickets carrying the same
+/// certificate, so an expired (or soon: revoked) device certificate would live on for as long as
+/// the relay's ticket keys do. A device connects once and stays connected; the full handshake
+/// it pays on reconnect is cheap next to that.
+pub fn relay_device_server_config(service: &ServerConfig) -> ServerConfig {
+    let mut config = service.clone();
+    config.alpn_protocols = vec![ALPN_DEVICE.to_vec()];
+    config.send_tls13_tickets = 0;
+    // Neither tickets (a ticketer that never decrypts, so a ticket from a service connection is
+    // not accepted here either) nor a stateful session cache.
+    config.ticketer = Arc::new(NoTickets);
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config
+}
+
+/// A ticketer that issues and accepts no tickets.
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
 /// The agent's client configuration: its device certificate, ALPN `tether/1`, relay verified by
 /// `relay_name`.
 ///

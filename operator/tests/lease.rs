@@ -44,6 +44,7 @@ async fn one_replica_leads_and_the_standby_takes_over() -> anyhow::Result<()> {
     env.with_temp_ns("op-lease", |env, ns| async move {
         opsupport::install_crds(&env)?;
         opsupport::apply_shipped_rbac(&env, &ns)?;
+        opsupport::bind_device_namespace(&env, &ns, &ns)?;
         let admin = env.client();
         let leases: Api<Lease> = Api::namespaced(admin.clone(), &ns);
         let start = |identity: &'static str, addr| {

@@ -55,8 +55,14 @@ impl Running {
 }
 
 /// Grants ServiceAccount `relaypool-operator` exactly the controller's documented rules in `ns`
-/// and starts the controller for `ns` under its token.
+/// and starts the controller for `ns` (its operator namespace) under its token.
 async fn start(env: &TestEnv, ns: &str) -> anyhow::Result<Running> {
+    start_watching(env, ns, ns).await
+}
+
+/// As [`start`], with operator namespace `ns` but watching RelayPools in `watch` (where the
+/// ServiceAccount gets the same rules).
+async fn start_watching(env: &TestEnv, ns: &str, watch: &str) -> anyhow::Result<Running> {
     // Controller logs show with --nocapture (RUST_LOG overrides the filter).
     let filter =
         std::env::var("RUST_LOG").unwrap_or_else(|_| "tether_operator=debug,kube_runtime=info".into());
@@ -73,17 +79,23 @@ async fn start(env: &TestEnv, ns: &str) -> anyhow::Result<Running> {
         },
         rules: Some(relaypool::required_rbac_rules()),
     };
-    Api::<Role>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &role)
-        .await?;
     let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": "relaypool-operator"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "relaypool-operator"},
         "subjects": [{"kind": "ServiceAccount", "name": "relaypool-operator", "namespace": ns}],
     }))?;
-    Api::<RoleBinding>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &binding)
-        .await?;
+    let mut scopes = vec![ns];
+    if watch != ns {
+        scopes.push(watch);
+    }
+    for scope in scopes {
+        Api::<Role>::namespaced(admin.clone(), scope)
+            .create(&PostParams::default(), &role)
+            .await?;
+        Api::<RoleBinding>::namespaced(admin.clone(), scope)
+            .create(&PostParams::default(), &binding)
+            .await?;
+    }
     let client = env.service_account_client(ns, "relaypool-operator").await?;
     // Trust anchors are loaded by the operator's start-up code (not under test here): as admin.
     let trust = tether_operator::trust::load_or_create(&admin, ns).await?;
@@ -105,7 +117,7 @@ async fn start(env: &TestEnv, ns: &str) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(relaypool::controller_in(
         std::sync::Arc::new(ctx),
-        Some(ns.to_owned()),
+        Some(watch.to_owned()),
         shutdown.clone(),
     ));
     Ok(Running { shutdown, task })
@@ -765,6 +777,119 @@ async fn relaypool_children_are_garbage_collected_with_the_pool() -> anyhow::Res
             Ok(())
         })
         .await
+    })
+    .await
+}
+
+/// The pool's `Ready` condition once it has one with `reason`.
+async fn ready_with_reason(client: &Client, ns: &str, name: &str, reason: &str) -> anyhow::Result<String> {
+    let api = Api::<RelayPool>::namespaced(client.clone(), ns);
+    eventually(WAIT, || async {
+        let pool = api.get(name).await?;
+        let ready = pool
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter())
+            .find(|c| c.type_ == "Ready" && c.status == "False" && c.reason == reason)
+            .with_context(|| format!("no Ready=False/{reason} yet: {:?}", pool.status))?;
+        Ok(ready.message.clone())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn relaypool_outside_the_operator_namespace_gets_no_certificate() -> anyhow::Result<()> {
+    let Some(env) = TestEnv::attach("relaypool_outside_the_operator_namespace_gets_no_certificate").await
+    else {
+        return Ok(());
+    };
+    env.with_temp_ns("rp-home", |env, home| async move {
+        let tenant_guard = env.temp_ns("rp-tenant").await?;
+        let tenant = tenant_guard.name().to_owned();
+        let ctl = start_watching(&env, &home, &tenant).await?;
+        let admin = env.client();
+        // A tenant asks for the production relay domain.
+        apply_pool(&admin, &example_pool(&tenant)?).await?;
+        let message = ready_with_reason(&admin, &tenant, "relays", "WrongNamespace").await?;
+        assert!(message.contains(&home), "{message}");
+        assert_eq!(
+            opsupport::wait_event(&admin, &tenant, "relays", "WrongNamespace").await?,
+            "Warning"
+        );
+        // Give a wrong reconcile time to act, then check nothing was issued or built anywhere.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let n = names("relays");
+        for ns in [&tenant, &home] {
+            let secret = Api::<Secret>::namespaced(admin.clone(), ns)
+                .get_opt(&n.tls_secret)
+                .await?;
+            ensure!(secret.is_none(), "a serving certificate Secret exists in {ns}");
+            let sts = Api::<StatefulSet>::namespaced(admin.clone(), ns)
+                .get_opt(&n.stateful_set)
+                .await?;
+            ensure!(sts.is_none(), "relays were started in {ns}");
+        }
+        ctl.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn relaypool_does_not_take_over_objects_it_does_not_own() -> anyhow::Result<()> {
+    let Some(env) = TestEnv::attach("relaypool_does_not_take_over_objects_it_does_not_own").await else {
+        return Ok(());
+    };
+    env.with_temp_ns("rp-takeover", |env, ns| async move {
+        let admin = env.client();
+        // Someone's Service `web`, created before any RelayPool.
+        let theirs: Service = serde_json::from_value(json!({
+            "metadata": {"name": "web", "labels": {"app": "shop"}},
+            "spec": {"selector": {"app": "shop"}, "ports": [{"name": "http", "port": 80}]},
+        }))?;
+        Api::<Service>::namespaced(admin.clone(), &ns)
+            .create(&PostParams::default(), &theirs)
+            .await?;
+        let ctl = start(&env, &ns).await?;
+        let mut pool = example_pool(&ns)?;
+        pool.metadata.name = Some("web".into());
+        apply_pool(&admin, &pool).await?;
+        let message = ready_with_reason(&admin, &ns, "web", "ChildConflict").await?;
+        assert!(message.contains("Service web"), "{message}");
+        assert_eq!(
+            opsupport::wait_event(&admin, &ns, "web", "ChildConflict").await?,
+            "Warning"
+        );
+        // Their Service is untouched, and nothing of the pool was written (checked before any apply).
+        let svc: Service = get(&admin, &ns, "web").await?;
+        ensure!(svc.metadata.owner_references.is_none(), "{:?}", svc.metadata);
+        ensure!(
+            svc.labels().get("app").map(String::as_str) == Some("shop")
+                && !svc.labels().contains_key("app.kubernetes.io/managed-by"),
+            "labels rewritten: {:?}",
+            svc.labels()
+        );
+        let ports = svc.spec.and_then(|s| s.ports).unwrap_or_default();
+        ensure!(
+            ports.len() == 1 && ports[0].port == 80,
+            "ports rewritten: {ports:?}"
+        );
+        let secret = Api::<Secret>::namespaced(admin.clone(), &ns)
+            .get_opt("web-tls")
+            .await?;
+        ensure!(
+            secret.is_none(),
+            "the serving certificate was written despite the conflict"
+        );
+
+        // A second pool for the same relay domain is refused too; the first keeps it. (Creation
+        // times have one-second resolution, and a tie goes by name: make "older" unambiguous.)
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let mut second = example_pool(&ns)?;
+        second.metadata.name = Some("relays2".into());
+        apply_pool(&admin, &second).await?;
+        let message = ready_with_reason(&admin, &ns, "relays2", "RelayDomainConflict").await?;
+        assert!(message.contains("\"web\""), "{message}");
+        ctl.stop().await
     })
     .await
 }

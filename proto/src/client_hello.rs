@@ -35,6 +35,9 @@ pub enum ClientHelloError {
     /// The ClientHello is larger than [`MAX_CLIENT_HELLO_LEN`].
     #[error("ClientHello exceeds {MAX_CLIENT_HELLO_LEN} bytes")]
     TooLarge,
+    /// The ClientHello is split into more than [`MAX_RECORDS`] records.
+    #[error("ClientHello split into more than {MAX_RECORDS} records")]
+    TooManyRecords,
     /// A length field points outside its container.
     #[error("malformed ClientHello: {0}")]
     Malformed(&'static str),
@@ -49,49 +52,90 @@ pub enum Peeked {
     Incomplete,
 }
 
+/// Most handshake records a ClientHello may be split into. Real clients send one record (a
+/// ClientHello is at most a few KiB and a record holds 16 KiB); 64 leaves room for odd
+/// fragmenting middleboxes while refusing a client that sends one-byte records to make the relay
+/// work per byte.
+pub const MAX_RECORDS: usize = 64;
+
 /// Parses the ClientHello at the start of `buf` (the raw bytes read from the socket).
+///
+/// Each call starts over; a caller that reads in pieces should keep a [`Reassembler`] instead,
+/// which looks at every byte once.
 ///
 /// # Errors
 /// See [`ClientHelloError`].
 pub fn parse(buf: &[u8]) -> Result<Peeked, ClientHelloError> {
-    // Reassemble the handshake message from consecutive handshake records.
-    let mut message = Vec::new();
-    let mut rest = buf;
-    loop {
-        if rest.is_empty() {
-            return Ok(Peeked::Incomplete);
-        }
-        if rest[0] != CONTENT_HANDSHAKE {
-            return Err(ClientHelloError::NotTls);
-        }
-        if rest.len() < 5 {
-            return Ok(Peeked::Incomplete);
-        }
-        if rest[1] != 3 {
-            return Err(ClientHelloError::NotTls);
-        }
-        let len = u16::from_be_bytes([rest[3], rest[4]]) as usize;
-        if len == 0 || len > MAX_CLIENT_HELLO_LEN {
-            return Err(ClientHelloError::Malformed("bad record length"));
-        }
-        if rest.len() < 5 + len {
-            return Ok(Peeked::Incomplete);
-        }
-        if message.len() + len > MAX_CLIENT_HELLO_LEN + 4 {
-            return Err(ClientHelloError::TooLarge);
-        }
-        message.extend_from_slice(&rest[5..5 + len]);
-        rest = &rest[5 + len..];
-        if message.len() >= 4 {
-            if message[0] != HANDSHAKE_CLIENT_HELLO {
-                return Err(ClientHelloError::NotClientHello);
+    Reassembler::default().push(buf)
+}
+
+/// Incremental ClientHello reassembly over a growing buffer.
+///
+/// The caller appends what it reads to one buffer and passes the whole buffer to [`push`]
+/// each time; the reassembler remembers how many bytes it has consumed as complete records and
+/// the handshake message assembled so far, so a client dripping its hello one byte at a time
+/// costs linear work, not a re-parse of everything per read (quadratic).
+///
+/// [`push`]: Reassembler::push
+#[derive(Debug, Default)]
+pub struct Reassembler {
+    /// Bytes of the buffer already consumed as complete records.
+    consumed: usize,
+    /// Complete records seen.
+    records: usize,
+    /// The handshake message reassembled from their payloads.
+    message: Vec<u8>,
+}
+
+impl Reassembler {
+    /// Looks at the bytes of `buf` not yet consumed. `buf` must start with the bytes passed
+    /// before (the caller only appends).
+    ///
+    /// # Errors
+    /// See [`ClientHelloError`].
+    pub fn push(&mut self, buf: &[u8]) -> Result<Peeked, ClientHelloError> {
+        loop {
+            let rest = buf.get(self.consumed..).unwrap_or_default();
+            if rest.is_empty() {
+                return Ok(Peeked::Incomplete);
             }
-            let body_len = u32::from_be_bytes([0, message[1], message[2], message[3]]) as usize;
-            if body_len > MAX_CLIENT_HELLO_LEN {
+            if rest[0] != CONTENT_HANDSHAKE {
+                return Err(ClientHelloError::NotTls);
+            }
+            if rest.len() < 5 {
+                return Ok(Peeked::Incomplete);
+            }
+            if rest[1] != 3 {
+                return Err(ClientHelloError::NotTls);
+            }
+            let len = u16::from_be_bytes([rest[3], rest[4]]) as usize;
+            if len == 0 || len > MAX_CLIENT_HELLO_LEN {
+                return Err(ClientHelloError::Malformed("bad record length"));
+            }
+            if rest.len() < 5 + len {
+                return Ok(Peeked::Incomplete);
+            }
+            if self.message.len() + len > MAX_CLIENT_HELLO_LEN + 4 {
                 return Err(ClientHelloError::TooLarge);
             }
-            if message.len() >= 4 + body_len {
-                return parse_body(&message[4..4 + body_len]).map(Peeked::Complete);
+            self.records += 1;
+            if self.records > MAX_RECORDS {
+                return Err(ClientHelloError::TooManyRecords);
+            }
+            self.message.extend_from_slice(&rest[5..5 + len]);
+            self.consumed += 5 + len;
+            let message = &self.message;
+            if message.len() >= 4 {
+                if message[0] != HANDSHAKE_CLIENT_HELLO {
+                    return Err(ClientHelloError::NotClientHello);
+                }
+                let body_len = u32::from_be_bytes([0, message[1], message[2], message[3]]) as usize;
+                if body_len > MAX_CLIENT_HELLO_LEN {
+                    return Err(ClientHelloError::TooLarge);
+                }
+                if message.len() >= 4 + body_len {
+                    return parse_body(&message[4..4 + body_len]).map(Peeked::Complete);
+                }
             }
         }
     }
@@ -243,6 +287,41 @@ mod tests {
             panic!()
         };
         assert_eq!(info.server_name.as_deref(), Some("pump.ns.relay.local"));
+    }
+
+    /// Splits `wire`'s handshake message into records of `size` payload bytes.
+    fn fragment(wire: &[u8], size: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in wire[5..].chunks(size) {
+            out.extend_from_slice(&[CONTENT_HANDSHAKE, 3, 1]);
+            out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+            out.extend_from_slice(chunk);
+        }
+        out
+    }
+
+    #[test]
+    fn one_byte_records_are_refused() {
+        // Each tiny record used to cost a re-parse of everything before it: refused instead.
+        let wire = client_hello("pump.ns.relay.local", &[b"tether/1"]);
+        assert_eq!(parse(&fragment(&wire, 1)), Err(ClientHelloError::TooManyRecords));
+        // A handful of records is still fine.
+        let few = fragment(&wire, wire.len().div_ceil(MAX_RECORDS));
+        assert!(matches!(parse(&few), Ok(Peeked::Complete(_))));
+    }
+
+    #[test]
+    fn the_reassembler_consumes_each_record_once() {
+        let wire = fragment(&client_hello("pump.ns.relay.local", &[b"tether/1"]), 16);
+        let mut r = Reassembler::default();
+        for cut in 1..wire.len() {
+            assert_eq!(r.push(&wire[..cut]).unwrap(), Peeked::Incomplete, "cut at {cut}");
+        }
+        let Peeked::Complete(info) = r.push(&wire).unwrap() else {
+            panic!("incomplete")
+        };
+        assert_eq!(info.server_name.as_deref(), Some("pump.ns.relay.local"));
+        assert!(r.records <= MAX_RECORDS && r.consumed == wire.len());
     }
 
     #[test]

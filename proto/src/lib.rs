@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 
 pub mod client_hello;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod head;
 pub mod name;
 pub mod preface;

@@ -24,6 +24,10 @@ pub const VERSION: u8 = 1;
 pub const MAX_BODY_LEN: usize = 4096;
 /// Bytes before the body: magic, version and length.
 pub const HEADER_LEN: usize = 8 + 1 + 2;
+/// Longest `agentVersion` accepted. The device controls it and the relay logs it and writes it
+/// into Device status, so it is bounded well below the body limit (a semver with build metadata
+/// fits easily).
+pub const MAX_AGENT_VERSION_LEN: usize = 64;
 
 /// What the agent tells the relay about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +73,13 @@ pub enum PrefaceError {
     /// The body is not the expected JSON.
     #[error("malformed preface body: {0}")]
     BadBody(String),
+    /// `agentVersion` is empty, longer than [`MAX_AGENT_VERSION_LEN`] or not printable ASCII
+    /// (a newline would forge a log line, an escape sequence would reach the terminal).
+    #[error("agentVersion must be 1-{MAX_AGENT_VERSION_LEN} printable ASCII characters (got {len} bytes)")]
+    BadAgentVersion {
+        /// Its length in bytes.
+        len: usize,
+    },
 }
 
 /// Result of trying to decode from a buffer that may hold only part of a message.
@@ -136,8 +147,24 @@ impl Preface {
     /// # Errors
     /// Bad magic, another version, an oversized or malformed body.
     pub fn decode(src: &mut BytesMut) -> Result<Decoded<Self>, PrefaceError> {
-        decode(AGENT_MAGIC, src)
+        let decoded = decode::<Self>(AGENT_MAGIC, src)?;
+        if let Decoded::Complete(p) = &decoded {
+            validate_agent_version(&p.agent_version)?;
+        }
+        Ok(decoded)
     }
+}
+
+/// Checks that `version` is safe to log and store: bounded, printable ASCII (space included).
+///
+/// # Errors
+/// [`PrefaceError::BadAgentVersion`].
+pub fn validate_agent_version(version: &str) -> Result<(), PrefaceError> {
+    let printable = version.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if version.is_empty() || version.len() > MAX_AGENT_VERSION_LEN || !printable {
+        return Err(PrefaceError::BadAgentVersion { len: version.len() });
+    }
+    Ok(())
 }
 
 impl PrefaceReply {
@@ -225,6 +252,35 @@ mod tests {
             Preface::decode(&mut bad_body),
             Err(PrefaceError::BadBody(_))
         ));
+    }
+
+    #[test]
+    fn agent_version_must_be_short_printable_ascii() {
+        let decode_version = |v: &str| {
+            let mut wire = BytesMut::new();
+            Preface {
+                agent_version: v.into(),
+                features: vec![],
+            }
+            .encode(&mut wire);
+            Preface::decode(&mut wire)
+        };
+        assert!(matches!(
+            decode_version("1.2.3-rc.1+build.5"),
+            Ok(Decoded::Complete(_))
+        ));
+        for bad in [
+            "",
+            "1.0\nINFO forged log line",
+            "\u{1b}[31mred",
+            "caf\u{e9}",
+            &"9".repeat(MAX_AGENT_VERSION_LEN + 1),
+        ] {
+            assert!(
+                matches!(decode_version(bad), Err(PrefaceError::BadAgentVersion { .. })),
+                "{bad:?} was accepted"
+            );
+        }
     }
 
     #[test]

@@ -16,8 +16,9 @@ pub struct Args {
     /// Data port for devices and services (TLS).
     #[arg(long, env = "TETHER_RELAY_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
-    /// Admin port: /metrics, /ready, /live (plain HTTP; keep it off the public network).
-    #[arg(long, env = "TETHER_RELAY_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    /// Admin port: /metrics, /ready, /live (plain HTTP). Loopback by default: binding it wider
+    /// (e.g. `0.0.0.0:9090` in a pod, for Prometheus and probes) is an explicit choice.
+    #[arg(long, env = "TETHER_RELAY_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
     /// DNS suffix of SNI names (`<device>.<namespace>.<relay-domain>`) and audience of stream tokens.
     #[arg(long, env = "TETHER_RELAY_DOMAIN", default_value = "tether.local")]
@@ -43,6 +44,13 @@ pub struct Args {
     /// Connections allowed in their handshake at once.
     #[arg(long, env = "TETHER_RELAY_MAX_PENDING_HANDSHAKES", default_value_t = 1024)]
     pub max_pending_handshakes: usize,
+    /// Connections one source address (IPv6: one /64) may have in their handshake at once.
+    #[arg(
+        long,
+        env = "TETHER_RELAY_MAX_PENDING_HANDSHAKES_PER_SOURCE",
+        default_value_t = 256
+    )]
+    pub max_pending_handshakes_per_source: usize,
     /// Connections allowed at once in total.
     #[arg(long, env = "TETHER_RELAY_MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
@@ -58,6 +66,11 @@ pub struct Args {
     /// PING interval on device connections.
     #[arg(long, env = "TETHER_RELAY_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
     pub keepalive_interval: Duration,
+    /// Standalone revocation file: lines `device <namespace>/<name>` and `stream <uid>
+    /// <unix-seconds>`, re-read within a second of every change. Must be valid at start; a later
+    /// bad version is logged and ignored (the previous revocations stay in force).
+    #[arg(long, env = "TETHER_RELAY_REVOCATION_FILE")]
+    pub revocation_file: Option<PathBuf>,
     /// After SIGTERM, how long to keep accepting while /ready reports 503.
     #[arg(long, env = "TETHER_RELAY_DRAIN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_grace: Duration,
@@ -118,11 +131,13 @@ impl Args {
             token_public_key,
             handshake_timeout,
             max_pending_handshakes,
+            max_pending_handshakes_per_source,
             max_connections,
             device_connect_timeout,
             max_streams_per_device,
             max_connections_per_stream,
             keepalive_interval,
+            revocation_file,
             drain_grace,
             drain_deadline,
             kubernetes,
@@ -136,6 +151,7 @@ impl Args {
         let limits = Limits {
             handshake_timeout,
             max_pending_handshakes,
+            max_pending_handshakes_per_source,
             max_connections,
             device_connect_timeout,
             max_streams_per_device,
@@ -153,6 +169,10 @@ impl Args {
         };
         let mut config =
             RelayConfig::load(listen, admin_listen, &relay_domain, &trust_domain, files, limits)?;
+        if let Some(path) = &revocation_file {
+            crate::revocation::load(path)?;
+        }
+        config.revocation_file = revocation_file;
         let kube = match (kubernetes, pool, pod_name, pod_namespace) {
             (false, ..) => None,
             (true, Some(pool), Some(member_name), Some(namespace)) => {

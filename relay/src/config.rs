@@ -17,14 +17,20 @@ pub struct RelayConfig {
     pub relay_domain: String,
     /// SPIFFE trust domain of device identities.
     pub trust_domain: String,
-    /// TLS server configuration (serving certificate, client CA, ALPN).
+    /// TLS server configuration of service connections (serving certificate, client CA, ALPN,
+    /// session tickets).
     pub tls: Arc<rustls::ServerConfig>,
+    /// TLS server configuration of device connections: as `tls`, without session resumption
+    /// (see [`tls::relay_device_server_config`]).
+    pub device_tls: Arc<rustls::ServerConfig>,
     /// Verifies stream tokens (public key only).
     pub token_verifier: TokenVerifier,
     /// Bounds and timeouts.
     pub limits: Limits,
     /// Fleet membership (Kubernetes mode); `None` standalone: a ring of one.
     pub fleet: Option<FleetConfig>,
+    /// Standalone revocation file, watched while the relay runs (see [`crate::revocation`]).
+    pub revocation_file: Option<std::path::PathBuf>,
 }
 
 /// This relay's identity in a fleet.
@@ -46,6 +52,13 @@ pub struct Limits {
     /// Connections allowed in their handshake at once; beyond it new connections are dropped
     /// immediately, so a flood of silent clients costs a socket each, not a task each.
     pub max_pending_handshakes: usize,
+    /// Connections one source (IPv4 address or IPv6 /64) may have in their handshake at once, so
+    /// one host cannot hold every slot of `max_pending_handshakes`; besides, the last quarter of
+    /// those slots only goes to sources with fewer than [`crate::listener::RESERVE_FAIR_SHARE`]
+    /// pending. 256 lets one client open a burst of tunnelled connections (a port forward, a
+    /// parallel scp); a NAT'd site whose devices all reconnect at once is spread out by the
+    /// agents' jittered backoff.
+    pub max_pending_handshakes_per_source: usize,
     /// Connections allowed at once in total (file descriptors are finite).
     pub max_connections: usize,
     /// How long a service waits for its device to connect (`deviceConnectTimeout`).
@@ -73,6 +86,7 @@ impl Default for Limits {
         Self {
             handshake_timeout: Duration::from_secs(10),
             max_pending_handshakes: 1024,
+            max_pending_handshakes_per_source: 256,
             max_connections: 100_000,
             device_connect_timeout: Duration::from_secs(10),
             stream_setup_timeout: Duration::from_secs(10),
@@ -104,6 +118,9 @@ pub enum ConfigError {
     /// Kubernetes mode is misconfigured (or this build lacks it).
     #[error("{0}")]
     Kubernetes(String),
+    /// The revocation file is unreadable or invalid at start.
+    #[error(transparent)]
+    Revocation(#[from] crate::revocation::RevocationError),
     /// A domain is not a DNS name.
     #[error("{what} {value:?} is not a valid DNS name")]
     BadDomain {
@@ -172,15 +189,18 @@ impl RelayConfig {
                 path: files.token_public_key.display().to_string(),
                 detail: e.to_string(),
             })?;
+        let service_tls = tls::relay_server_config(chain, key, &client_cas)?;
         Ok(Self {
             listen,
             admin_listen,
             relay_domain: relay_domain.to_ascii_lowercase(),
             trust_domain: trust_domain.to_owned(),
-            tls: Arc::new(tls::relay_server_config(chain, key, &client_cas)?),
+            device_tls: Arc::new(tls::relay_device_server_config(&service_tls)),
+            tls: Arc::new(service_tls),
             token_verifier,
             limits,
             fleet: None,
+            revocation_file: None,
         })
     }
 }

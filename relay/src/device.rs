@@ -148,15 +148,21 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
     });
     let span = tracing::info_span!("device", device = %device, session = id);
     async {
-        if shared.registry.insert(device.clone(), session).is_some() {
-            shared.metrics.sessions_replaced.inc();
-            tracing::info!("device reconnected; replaced its previous session");
+        match shared.registry.insert(device.clone(), session) {
+            Ok(Some(_)) => {
+                shared.metrics.sessions_replaced.inc();
+                tracing::info!("device reconnected; replaced its previous session");
+            }
+            Ok(None) => {}
+            // Revoked between admission and now: never registered.
+            Err(e) => return report(&shared, Failure::new(Side::Device, "device_revoked", e)),
         }
         shared
             .metrics
             .connected_devices
             .set(shared.registry.device_count() as i64);
-        tracing::info!(%agent_version, "device connected");
+        // Debug formatting: the version is validated printable, and `?` escapes it regardless.
+        tracing::info!(?agent_version, "device connected");
         if let Some(board) = &shared.status {
             board.device(&device, true, &agent_version);
         }
@@ -167,7 +173,7 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
                 Err(e) => format!("connection error: {e}"),
             },
             dead = keepalive => dead,
-            _ = closed.cancelled() => "session replaced or relay stopping".to_owned(),
+            _ = closed.cancelled() => "session replaced or revoked, or relay stopping".to_owned(),
         };
         let was_current = shared.registry.remove(&device, id);
         shared
@@ -233,6 +239,13 @@ async fn admit(
                 ),
             ));
         }
+    }
+    if shared.registry.is_device_revoked(&sni_device) {
+        return Err(Failure::new(
+            Side::Device,
+            "device_revoked",
+            format!("device {sni_device} is revoked (disabled, deleted, or listed in the revocation file)"),
+        ));
     }
     let mut reply = BytesMut::new();
     PrefaceReply {

@@ -129,18 +129,27 @@ pub(crate) async fn peer_accept_loop(
             tracing::info!(%from, "peer port: refused a connection from a non-member address");
             continue;
         }
-        let Some(permits) = crate::listener::admit_permits(&shared, from) else {
+        // Only a connection slot until the PROXY header names the real client: the per-source
+        // pending-handshake cap applies to that client, not to the forwarding relay (which
+        // speaks for many), so a reconnect storm through one forwarder is not throttled as one
+        // source. Members are trusted to send the header at once (handshake deadline).
+        let Ok(connection) = shared.connections.clone().try_acquire_owned() else {
+            shared
+                .metrics
+                .handshake_failed(Side::Unknown, "too_many_connections");
             continue;
         };
         let shared = shared.clone();
         tracker.spawn(
             async move {
-                let (connection, pending) = permits;
                 let deadline = Instant::now() + shared.config.limits.handshake_timeout;
                 let mut tcp = tcp;
                 match timeout_at(deadline, read_proxy_header(&mut tcp)).await {
                     Ok(Ok(header)) => {
                         shared.metrics.forwarded_connections.with_label_values(&["received"]).inc();
+                        let Ok(pending) = crate::listener::admit_pending(&shared, header.source.ip()) else {
+                            return;
+                        };
                         let origin = Origin {
                             client: header.source,
                             via: Some(from.ip()),

@@ -14,14 +14,13 @@ use tether_proto::{
 use tokio::{
     io::AsyncReadExt,
     net::TcpStream,
-    sync::OwnedSemaphorePermit,
     time::{Instant, timeout_at},
 };
 use tokio_rustls::server::TlsStream;
 
 use tether_net::rewind::Rewind;
 
-use crate::{Shared, device, fleet::Route, forward, metrics::Side, service};
+use crate::{Shared, device, fleet::Route, forward, listener::Admission, metrics::Side, service};
 
 /// Where a connection came from.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +56,7 @@ impl Failure {
 
 /// Holds a pending-handshake slot; released when the handshake phase ends.
 pub(crate) struct Pending {
-    _permit: OwnedSemaphorePermit,
+    _permit: Admission,
     gauge: IntGauge,
 }
 
@@ -83,12 +82,7 @@ pub(crate) struct Accepted {
 }
 
 /// Runs a connection from its first byte to its end.
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    permit: OwnedSemaphorePermit,
-    origin: Origin,
-) {
+pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, permit: Admission, origin: Origin) {
     shared.metrics.pending_handshakes.inc();
     let pending = Pending {
         _permit: permit,
@@ -189,8 +183,15 @@ async fn accept_tls(
             }
         }
     }
-    let tls = shared
-        .acceptor
+    // Devices get a configuration without session resumption (their certificate is checked on
+    // every connection); the choice follows the offered ALPN, so a hello without `tether/1`
+    // cannot negotiate the device protocol.
+    let acceptor = if side == Side::Device {
+        &shared.device_acceptor
+    } else {
+        &shared.acceptor
+    };
+    let tls = acceptor
         .accept(Rewind::new(peeked, tcp))
         .await
         .map_err(|e| Failure::new(side, "tls", e))?;
@@ -201,8 +202,10 @@ async fn accept_tls(
 /// anything TLS needs: the bytes are replayed into rustls or forwarded as they are.
 async fn peek_client_hello(tcp: &mut TcpStream) -> Result<(Bytes, client_hello::ClientHelloInfo), Failure> {
     let mut buf = BytesMut::with_capacity(2048);
+    // Each byte is parsed once: re-parsing the whole buffer per read was quadratic.
+    let mut reassembler = client_hello::Reassembler::default();
     let hello = loop {
-        match client_hello::parse(&buf) {
+        match reassembler.push(&buf) {
             Ok(Peeked::Complete(hello)) => break hello,
             Ok(Peeked::Incomplete) => {}
             Err(e) => return Err(Failure::new(Side::Unknown, "bad_client_hello", e)),

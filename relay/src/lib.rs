@@ -8,7 +8,9 @@
 //!
 //! Standalone mode is this crate with every device local. The fleet (Kubernetes membership, SNI
 //! forwarding, revocation watch) plugs in at the routing point in [`handshake`] and through
-//! [`RelayHandle::revoke`].
+//! [`RelayHandle::revoke`] (streams), [`RelayHandle::revoke_device`] / [`RelayHandle::lift_device`]
+//! (devices) and [`RelayHandle::set_revoked`] (the whole set at once). Standalone mode revokes
+//! through a watched file ([`revocation`]).
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +26,7 @@ pub mod listener;
 pub mod metrics;
 mod rebalance;
 pub mod registry;
+pub mod revocation;
 pub mod service;
 pub mod splice;
 pub mod status;
@@ -67,13 +70,18 @@ pub enum Error {
 /// State shared by every connection task.
 pub(crate) struct Shared {
     pub config: RelayConfig,
+    /// TLS for service connections.
     pub acceptor: TlsAcceptor,
+    /// TLS for device connections (no session resumption).
+    pub device_acceptor: TlsAcceptor,
     pub registry: Arc<Registry>,
     pub metrics: Metrics,
     /// Verifies stream tokens (signatures cached).
     pub tokens: tokens::Tokens,
     /// Held by each connection in its handshake phase.
     pub pending: Arc<Semaphore>,
+    /// Pending handshakes per source address.
+    pub sources: Arc<listener::SourceLimiter>,
     /// Held by each connection for its whole life.
     pub connections: Arc<Semaphore>,
     /// Cancelled when the drain deadline passes: ends every remaining connection.
@@ -117,9 +125,52 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
-    /// Revokes a stream: refuses its new connections until `until` and closes its live ones.
+    /// Revokes a stream: refuses its new connections until `until` (Unix seconds; the token's
+    /// expiry, after which the token is refused anyway) and closes its live ones.
     pub fn revoke(&self, stream_uid: &str, until: u64) {
         self.shared.registry.revoke(stream_uid, until, unix_now());
+    }
+
+    /// Revokes a device (its Device was disabled or deleted): closes its live session, which ends
+    /// its streams, at once, and refuses its new connections (preface refused, reason
+    /// `device_revoked`) until [`RelayHandle::lift_device`]. Returns whether a session was closed.
+    ///
+    /// # Guarantees
+    /// The session is cancelled before this returns; its TCP connection closes as soon as its task
+    /// runs (milliseconds), well within the 2 s DESIGN §2 promises.
+    pub fn revoke_device(&self, device: &tether_proto::name::DeviceKey) -> bool {
+        let closed = self.shared.registry.revoke_device(device);
+        if closed {
+            tracing::info!(%device, "device revoked; closed its session");
+        }
+        closed
+    }
+
+    /// Lifts a device's revocation (its Device was enabled again).
+    pub fn lift_device(&self, device: &tether_proto::name::DeviceKey) {
+        self.shared.registry.lift_device(device);
+    }
+
+    /// Replaces the whole revoked set, for an owner of the complete list (the revocation file,
+    /// or a Kubernetes watcher after a resync): `devices` are revoked as by
+    /// [`RelayHandle::revoke_device`], `streams` (stream UID → Unix second until which to refuse
+    /// it) as by [`RelayHandle::revoke`]; every device or stream not in the new set is lifted.
+    pub fn set_revoked(
+        &self,
+        devices: std::collections::HashSet<tether_proto::name::DeviceKey>,
+        streams: std::collections::HashMap<String, u64>,
+    ) {
+        self.shared.registry.set_revoked(devices, streams, unix_now());
+    }
+
+    /// The revoked devices and streams (stream UID → until), for tests and diagnostics.
+    pub fn revoked(
+        &self,
+    ) -> (
+        std::collections::HashSet<tether_proto::name::DeviceKey>,
+        std::collections::HashMap<String, u64>,
+    ) {
+        self.shared.registry.revoked()
     }
 
     /// Number of devices with a live session.
@@ -207,10 +258,12 @@ impl Relay {
         tether_net::admin::register_process_metrics(&registry)?;
         let shared = Arc::new(Shared {
             acceptor: TlsAcceptor::from(config.tls.clone()),
+            device_acceptor: TlsAcceptor::from(config.device_tls.clone()),
             registry: Arc::new(Registry::default()),
             metrics,
             tokens: tokens::Tokens::new(config.token_verifier.clone(), tokens::CAPACITY),
             pending: Arc::new(Semaphore::new(config.limits.max_pending_handshakes)),
+            sources: listener::SourceLimiter::new(config.limits.max_pending_handshakes_per_source),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             hard_stop: CancellationToken::new(),
             next_session_id: AtomicU64::new(1),
@@ -276,6 +329,17 @@ impl Relay {
             ready.clone(),
             admin_stop.clone(),
         ));
+        // Revocations are in force before the first connection is accepted.
+        let revocations = shared.config.revocation_file.clone().map(|path| {
+            let relay = RelayHandle {
+                shared: shared.clone(),
+            };
+            match revocation::load(&path) {
+                Ok(set) => relay.set_revoked(set.devices, set.streams),
+                Err(e) => tracing::error!(error = %e, "revocation file not applied"),
+            }
+            tokio::spawn(revocation::watch(path, relay, admin_stop.clone()))
+        });
         let tracker = TaskTracker::new();
         let stop_accepting = CancellationToken::new();
         let accept_task = tokio::spawn(listener::accept_loop(
@@ -332,6 +396,9 @@ impl Relay {
         }
         admin_stop.cancel();
         let _ = admin_task.await;
+        if let Some(task) = revocations {
+            let _ = task.await;
+        }
         tracing::info!("relay stopped");
     }
 }

@@ -1,11 +1,16 @@
-//! Who is connected: live device sessions, live connections per stream, and revoked streams.
+//! Who is connected: live device sessions, live connections per stream, and revoked streams and
+//! devices.
 //!
 //! A reconnecting device atomically replaces its previous session: the new session is visible to
 //! services the moment it is inserted, and the old one is cancelled in the same critical section,
 //! which ends its streams (the #1 complaint about comparable systems is stale sessions).
+//!
+//! Revocation: a revoked device's session is cancelled at once (its connection closes, which
+//! ends its streams) and it cannot register a new one until lifted; a revoked stream's live
+//! connections are cut and new ones refused until the token's expiry.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -51,7 +56,14 @@ struct Inner {
     streams: HashMap<String, StreamEntry>,
     /// Revoked stream UIDs and until when (Unix seconds: the token's expiry) to remember them.
     revoked: HashMap<String, u64>,
+    /// Revoked devices (disabled or deleted Devices; entries of a revocation file).
+    revoked_devices: HashSet<DeviceKey>,
 }
+
+/// A device may not register a session: it is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the device is revoked")]
+pub struct DeviceRevoked;
 
 struct StreamEntry {
     connections: u32,
@@ -74,13 +86,78 @@ impl Registry {
     }
 
     /// Registers `session` for `device`, returning the session it replaced (already cancelled).
-    pub fn insert(&self, device: DeviceKey, session: Arc<DeviceSession>) -> Option<Arc<DeviceSession>> {
-        let old = self.lock().devices.insert(device, session);
+    ///
+    /// # Errors
+    /// [`DeviceRevoked`] when the device is revoked (checked under the same lock as
+    /// [`Registry::revoke_device`], so a revocation racing a reconnect cannot be missed).
+    pub fn insert(
+        &self,
+        device: DeviceKey,
+        session: Arc<DeviceSession>,
+    ) -> Result<Option<Arc<DeviceSession>>, DeviceRevoked> {
+        let mut inner = self.lock();
+        if inner.revoked_devices.contains(&device) {
+            return Err(DeviceRevoked);
+        }
+        let old = inner.devices.insert(device, session);
+        drop(inner);
         if let Some(old) = &old {
             old.closed.cancel();
         }
         self.device_arrived.notify_waiters();
-        old
+        Ok(old)
+    }
+
+    /// Whether `device` is revoked.
+    pub fn is_device_revoked(&self, device: &DeviceKey) -> bool {
+        self.lock().revoked_devices.contains(device)
+    }
+
+    /// Revokes `device`: closes its live session now and refuses new ones until
+    /// [`Registry::lift_device`]. Returns whether a session was closed.
+    pub fn revoke_device(&self, device: &DeviceKey) -> bool {
+        let mut inner = self.lock();
+        inner.revoked_devices.insert(device.clone());
+        let session = inner.devices.remove(device);
+        drop(inner);
+        session.map(|s| s.closed.cancel()).is_some()
+    }
+
+    /// Lifts `device`'s revocation (e.g. its Device was enabled again).
+    pub fn lift_device(&self, device: &DeviceKey) {
+        self.lock().revoked_devices.remove(device);
+    }
+
+    /// Replaces the whole revoked set: devices and streams (UID → Unix second until which to
+    /// refuse it). Newly revoked devices and streams are cut at once; entries absent from the
+    /// new set are lifted. Used by whatever owns the complete list (a revocation file, a
+    /// watcher's resync).
+    pub fn set_revoked(&self, devices: HashSet<DeviceKey>, streams: HashMap<String, u64>, now: u64) {
+        let mut inner = self.lock();
+        let mut cut = Vec::new();
+        for device in &devices {
+            if let Some(session) = inner.devices.remove(device) {
+                cut.push(session);
+            }
+        }
+        for uid in streams.keys() {
+            if let Some(entry) = inner.streams.get(uid) {
+                entry.cancel.cancel();
+            }
+        }
+        inner.revoked_devices = devices;
+        inner.revoked = streams;
+        inner.revoked.retain(|_, until| *until > now);
+        drop(inner);
+        for session in cut {
+            session.closed.cancel();
+        }
+    }
+
+    /// The revoked devices and streams (for tests and diagnostics).
+    pub fn revoked(&self) -> (HashSet<DeviceKey>, HashMap<String, u64>) {
+        let inner = self.lock();
+        (inner.revoked_devices.clone(), inner.revoked.clone())
     }
 
     /// Removes `device`'s session if it is still the one with `id`; returns whether it was.
@@ -232,5 +309,30 @@ mod tests {
         // Expired revocations are forgotten on the next revoke.
         r.revoke("s2", 200, 150);
         assert!(r.open_connection("s1", 5).is_ok());
+    }
+
+    #[test]
+    fn replacing_the_revoked_set_cuts_new_entries_and_lifts_old_ones() {
+        let r = Arc::new(Registry::default());
+        let live = r.open_connection("s1", 2).unwrap();
+        let dev = DeviceKey::parse("ns/pump").unwrap();
+        r.revoke("old", 1000, 10);
+        r.set_revoked(
+            HashSet::from([dev.clone()]),
+            HashMap::from([("s1".to_owned(), 1000), ("expired".to_owned(), 5)]),
+            10,
+        );
+        assert!(live.revoked().is_cancelled());
+        assert!(r.is_device_revoked(&dev));
+        let (devices, streams) = r.revoked();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(
+            streams.keys().collect::<Vec<_>>(),
+            vec!["s1"],
+            "old lifted, expired dropped"
+        );
+        assert!(r.open_connection("old", 2).is_ok());
+        r.set_revoked(HashSet::new(), HashMap::new(), 10);
+        assert!(!r.is_device_revoked(&dev));
     }
 }

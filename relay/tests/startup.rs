@@ -97,3 +97,64 @@ fn binary_exits_64_before_binding_when_a_key_is_missing() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("token.pub"), "{stderr}");
 }
+
+fn relay_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether-relay"));
+    cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--tls-cert")
+        .arg(dir.join("relay.crt"))
+        .arg("--tls-key")
+        .arg(dir.join("relay.key"))
+        .arg("--client-ca")
+        .arg(dir.join("ca.crt"))
+        .arg("--token-public-key")
+        .arg(dir.join("token.pub"));
+    cmd
+}
+
+#[test]
+fn an_invalid_revocation_file_stops_the_start_and_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    valid_files(dir.path());
+    write(dir.path(), "revoked.txt", "device a/b\nstream x\n");
+    let out = relay_command(dir.path())
+        .arg("--revocation-file")
+        .arg(dir.path().join("revoked.txt"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("revoked.txt line 2"), "{stderr}");
+}
+
+#[test]
+fn logs_carry_no_colour_codes_when_not_on_a_terminal() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    valid_files(dir.path());
+    let mut child = relay_command(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let ready = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                let done = line.contains("relay ready");
+                seen.push(line);
+                if done {
+                    break true;
+                }
+            }
+            _ => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "no 'relay ready' line: {seen:?}");
+    assert!(
+        seen.iter().all(|l| !l.contains('\u{1b}')),
+        "escape codes in piped logs: {seen:?}"
+    );
+}

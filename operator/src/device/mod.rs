@@ -180,29 +180,37 @@ pub fn error_policy(obj: Arc<DeserializeGuard<Device>>, error: &Error, _ctx: Arc
 }
 
 /// Runs the Device controller until `shutdown` fires: watches Devices (in `watch_namespace`, or
-/// all namespaces), the Secrets they own, and RelayPools in the operator's namespace (a changed
-/// relay endpoint re-reconciles every Device).
+/// all namespaces), RelayPools in the operator's namespace (a changed relay endpoint
+/// re-reconciles every Device), and, when scoped to one namespace, the Secrets Devices own.
+///
+/// Watching Secrets in every namespace would need cluster-wide Secret read access, which the
+/// shipped RBAC deliberately does not grant (deploy/operator/rbac.yaml: Secret rights are bound
+/// per device namespace). Unscoped, a changed or deleted credentials Secret is therefore repaired
+/// at the Device's next reconcile (any Device change, a RelayPool change, or the renewal requeue)
+/// rather than at once.
 pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
     let (devices, secrets) = match &watch_namespace {
         Some(ns) => (
             Api::<DeserializeGuard<Device>>::namespaced(client.clone(), ns),
-            Api::<Secret>::namespaced(client.clone(), ns),
+            Some(Api::<Secret>::namespaced(client.clone(), ns)),
         ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+        None => (Api::all(client.clone()), None),
     };
     let pools = Api::<RelayPool>::namespaced(client, &ctx.config.namespace);
     let pool_changes =
         watcher::watcher(pools, Config::default()).filter_map(|ev| async move { ev.ok().map(|_| ()) });
-    let controller = Controller::new(devices, Config::default());
+    let mut controller = Controller::new(devices, Config::default());
     crate::metrics::metrics()
         .inventory
         .set_devices(controller.store());
-    controller
-        .owns(
+    if let Some(secrets) = secrets {
+        controller = controller.owns(
             secrets,
             Config::default().labels(&format!("{}={}", k8s::MANAGED_BY.0, k8s::MANAGED_BY.1)),
-        )
+        );
+    }
+    controller
         .reconcile_all_on(pool_changes)
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(reconcile, error_policy, ctx)

@@ -106,13 +106,13 @@ pub fn labels(pool: &str) -> BTreeMap<String, String> {
     l
 }
 
-/// DNS names of the serving certificate: the relay domain and its wildcard (SNI
-/// `<device>.<namespace>.<relayDomain>` is verified against the relay's own name, DESIGN §4), and
-/// the public Service's in-cluster names.
+/// DNS names of the serving certificate: the relay domain, and the public Service's in-cluster
+/// names. No wildcard: clients send SNI `<device>.<namespace>.<relayDomain>` for routing but
+/// verify the certificate against the relay's own name (`tether_net::tls::RelayNameVerifier`,
+/// DESIGN §4), so `*.<relayDomain>` would only widen what a leaked key could impersonate.
 pub fn dns_names(pool: &str, namespace: &str, relay_domain: &str) -> Vec<String> {
     vec![
         relay_domain.to_owned(),
-        format!("*.{relay_domain}"),
         format!("{pool}.{namespace}.svc"),
         format!("{pool}.{namespace}.svc.cluster.local"),
     ]
@@ -309,6 +309,8 @@ pub fn build(valid: &Valid, replicas: i32, cert: &Issued, trust: &TrustMaterial<
         // secret is in argv, and every setting shows in `kubectl describe`.
         env: Some(vec![
             env("TETHER_RELAY_LISTEN", format!("0.0.0.0:{DATA_PORT}")),
+            // The relay's default admin bind is loopback; in the pod, Prometheus and the kubelet
+            // probes reach it on the pod IP, and nothing else shares the pod's network.
             env("TETHER_RELAY_ADMIN_LISTEN", format!("0.0.0.0:{ADMIN_PORT}")),
             env("TETHER_RELAY_DOMAIN", spec.relay_domain.clone()),
             env("TETHER_TRUST_DOMAIN", trust.trust_domain),
@@ -701,7 +703,7 @@ selector: {matchLabels: {app.kubernetes.io/instance: relays, app.kubernetes.io/n
         assert_eq!(data["ca.crt"].0, b"CA");
         assert_eq!(
             c.tls_secret.metadata.annotations.unwrap()[DNS_NAMES_ANNOTATION],
-            "relay.example.com,*.relay.example.com,relays.tether-system.svc,\
+            "relay.example.com,relays.tether-system.svc,\
              relays.tether-system.svc.cluster.local"
         );
         let cm = c.trust.data.unwrap();

@@ -20,7 +20,12 @@
 //!
 //! # RBAC this controller needs
 //!
-//! Cluster-wide, or in the watched namespace; the same list as [`required_rbac_rules`].
+//! The same list as [`required_rbac_rules`]. Everything but the `tether.dev` and `events` rows is
+//! needed in the operator's namespace only (a Role): RelayPools elsewhere are refused
+//! (`Ready=False/WrongNamespace`, an Event, no certificate, no children), so their children, and
+//! the operator's rights over them, never leave that namespace. The `tether.dev` rows are needed
+//! wherever RelayPools, Devices and DeviceStreams are watched (deploy/operator/rbac.yaml grants
+//! them cluster-wide).
 //!
 //! | apiGroup | resources | verbs |
 //! |---|---|---|
@@ -66,7 +71,7 @@ use kube::{
         watcher,
     },
 };
-use tether_api::{Device, DeviceStream, RelayPool};
+use tether_api::{Device, DeviceStream, RelayPool, conditions::reasons};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, instrument, warn};
@@ -119,6 +124,17 @@ pub enum Error {
     /// The status patch failed.
     #[error("patching RelayPool status: {0}")]
     Status(#[source] kube::Error),
+    /// A child's name is taken by an object this pool does not control.
+    #[error(
+        "{kind} {name} already exists and is not owned by this RelayPool; the operator does not take it \
+         over: rename the pool or remove that {kind}"
+    )]
+    ChildConflict {
+        /// Its kind.
+        kind: String,
+        /// Its name.
+        name: String,
+    },
 }
 
 impl Error {
@@ -129,6 +145,7 @@ impl Error {
             Self::Apply { .. } => "apply",
             Self::Certificate(_) => "certificate",
             Self::Status(_) => "status",
+            Self::ChildConflict { .. } => "child_conflict",
         }
     }
 }
@@ -197,6 +214,8 @@ pub fn required_rbac_rules() -> Vec<PolicyRule> {
 struct PoolContext {
     ctx: Arc<Context>,
     caches: LoadCaches,
+    /// Every watched RelayPool (relay-domain uniqueness).
+    pools: reflector::Store<DeserializeGuard<RelayPool>>,
 }
 
 /// Runs the RelayPool controller for all namespaces until `shutdown` is cancelled; see
@@ -216,7 +235,9 @@ where
 }
 
 /// Runs the RelayPool controller until `shutdown` is cancelled, for RelayPools in
-/// `watch_namespace` (all namespaces when `None`).
+/// `watch_namespace` (all namespaces when `None`). Only pools in the operator's namespace
+/// (`ctx.config.namespace`) are served; the others are refused with a condition and an Event.
+/// Children are watched in the operator's namespace only.
 ///
 /// Watches the RelayPools and the children they own (selected by labels
 /// `app.kubernetes.io/component=relay` and `app.kubernetes.io/managed-by=tether-operator`), and
@@ -270,39 +291,44 @@ pub async fn controller_in(ctx: Arc<Context>, watch_namespace: Option<String>, s
         Some(((), (changed, false)))
     });
 
-    let pctx = Arc::new(PoolContext {
-        ctx,
-        caches: LoadCaches { devices, streams },
-    });
-    Controller::new(
+    // Children exist only in the operator's namespace (pools elsewhere are refused), so their
+    // watches, and the operator's rights over them, stay there.
+    let home = Some(ctx.config.namespace.as_str());
+    let controller = Controller::new(
         api::<DeserializeGuard<RelayPool>>(&client, scope),
         watcher::Config::default(),
-    )
-    .owns(api::<StatefulSet>(&client, scope), owned.clone())
-    .owns(api::<Service>(&client, scope), owned.clone())
-    .owns(api::<PodDisruptionBudget>(&client, scope), owned.clone())
-    .owns(api::<ServiceAccount>(&client, scope), owned.clone())
-    .owns(api::<Role>(&client, scope), owned.clone())
-    .owns(api::<RoleBinding>(&client, scope), owned.clone())
-    .owns(api::<Secret>(&client, scope), owned.clone())
-    .owns(api::<ConfigMap>(&client, scope), owned.clone())
-    // Ring membership: the headless Service's EndpointSlices carry its labels (the EndpointSlice
-    // controller copies them), so the same selector finds them; they are owned by the Service,
-    // hence mapped to their pool by the instance label.
-    .watches(api::<EndpointSlice>(&client, scope), owned, |slice| {
-        let pool = slice.labels().get("app.kubernetes.io/instance")?.clone();
-        Some(ObjectRef::new(&pool).within(&slice.namespace()?))
-    })
-    .reconcile_all_on(load_trigger)
-    .graceful_shutdown_on(shutdown.cancelled_owned())
-    .run(reconcile, error_policy, pctx)
-    .for_each(|res| async move {
-        match res {
-            Ok((obj, _)) => tracing::debug!(pool = %obj, "reconciled"),
-            Err(e) => warn!(error = %e, "RelayPool reconcile failed"),
-        }
-    })
-    .await;
+    );
+    let pctx = Arc::new(PoolContext {
+        ctx: ctx.clone(),
+        caches: LoadCaches { devices, streams },
+        pools: controller.store(),
+    });
+    controller
+        .owns(api::<StatefulSet>(&client, home), owned.clone())
+        .owns(api::<Service>(&client, home), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, home), owned.clone())
+        .owns(api::<ServiceAccount>(&client, home), owned.clone())
+        .owns(api::<Role>(&client, home), owned.clone())
+        .owns(api::<RoleBinding>(&client, home), owned.clone())
+        .owns(api::<Secret>(&client, home), owned.clone())
+        .owns(api::<ConfigMap>(&client, home), owned.clone())
+        // Ring membership: the headless Service's EndpointSlices carry its labels (the EndpointSlice
+        // controller copies them), so the same selector finds them; they are owned by the Service,
+        // hence mapped to their pool by the instance label.
+        .watches(api::<EndpointSlice>(&client, home), owned, |slice| {
+            let pool = slice.labels().get("app.kubernetes.io/instance")?.clone();
+            Some(ObjectRef::new(&pool).within(&slice.namespace()?))
+        })
+        .reconcile_all_on(load_trigger)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, pctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(pool = %obj, "reconciled"),
+                Err(e) => warn!(error = %e, "RelayPool reconcile failed"),
+            }
+        })
+        .await;
     info!("RelayPool controller stopped");
 }
 
@@ -329,38 +355,65 @@ async fn reconcile(guard: Arc<DeserializeGuard<RelayPool>>, pctx: Arc<PoolContex
     let now = Timestamp::now();
     let previous_status = pool.status.clone().unwrap_or_default();
 
+    // Only the operator's namespace may hold RelayPools: a pool gets a serving certificate for
+    // its relay domain signed by the cluster CA, and whoever holds one can impersonate the relay
+    // to every agent. Refused before anything is read or issued.
+    if pool.namespace().as_deref() != Some(ctx.config.namespace.as_str()) {
+        let message = format!(
+            "RelayPools are served only in the operator's namespace {:?}: a relay serving certificate \
+             lets its holder impersonate the relay to every agent. No certificate or relays were created",
+            ctx.config.namespace
+        );
+        refuse(
+            ctx,
+            pool,
+            &previous_status,
+            reasons::WRONG_NAMESPACE,
+            message,
+            now,
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+
     // Validate first: an invalid spec needs no reads.
     let valid = match validate::validate(pool) {
         Ok(v) => v,
         Err(e) => {
-            let (Some(ns), name) = (pool.namespace(), pool.name_any()) else {
-                return Ok(Action::await_change());
-            };
-            let was_invalid = previous_status.conditions.iter().any(|c| {
-                c.reason == tether_api::conditions::reasons::INVALID_SPEC && c.message == e.to_string()
-            });
-            status::patch(
-                client,
-                &ns,
-                &name,
-                &status::invalid(&previous_status, pool.meta().generation, e.to_string(), now),
+            refuse(
+                ctx,
+                pool,
+                &previous_status,
+                reasons::INVALID_SPEC,
+                e.to_string(),
+                now,
             )
             .await?;
-            if !was_invalid {
-                crate::k8s::publish(
-                    ctx,
-                    pool,
-                    EventType::Warning,
-                    "InvalidSpec",
-                    "Validate",
-                    e.to_string(),
-                )
-                .await;
-            }
             return Ok(Action::await_change());
         }
     };
     let (ns, name) = (valid.namespace.as_str(), valid.name.as_str());
+
+    // One pool per relay domain: the oldest keeps it. Rechecked every resync, so the later pool
+    // starts once the older one is gone or changes its domain.
+    let pools = pctx.pools.state();
+    let others = pools.iter().filter_map(|g| g.0.as_ref().ok());
+    if let Some(owner) = validate::relay_domain_owner(pool, others) {
+        let message = format!(
+            "relay domain {:?} is already served by RelayPool {owner:?}; one domain, one pool",
+            valid.spec.relay_domain
+        );
+        refuse(
+            ctx,
+            pool,
+            &previous_status,
+            reasons::RELAY_DOMAIN_CONFLICT,
+            message,
+            now,
+        )
+        .await?;
+        return Ok(Action::requeue(RESYNC_PERIOD));
+    }
 
     let observed = observe::observe(client, &pctx.caches, ns, name).await?;
 
@@ -407,7 +460,21 @@ async fn reconcile(guard: Arc<DeserializeGuard<RelayPool>>, pctx: Arc<PoolContex
     };
     let children = build::build(&valid, decision.replicas, &cert, &trust);
 
-    apply::apply_all(client, ns, &children).await?;
+    match apply::apply_all(client, ns, &children).await {
+        Err(e @ Error::ChildConflict { .. }) => {
+            refuse(
+                ctx,
+                pool,
+                &previous_status,
+                reasons::CHILD_CONFLICT,
+                e.to_string(),
+                now,
+            )
+            .await?;
+            return Ok(Action::requeue(RESYNC_PERIOD));
+        }
+        other => other?,
+    }
 
     let new_status = status::compute(
         name,
@@ -454,6 +521,33 @@ async fn reconcile(guard: Arc<DeserializeGuard<RelayPool>>, pctx: Arc<PoolContex
         next
     };
     Ok(Action::requeue(next))
+}
+
+/// Marks `pool` `Ready=False` with `reason` and publishes a Warning Event, once per distinct
+/// message (a refused pool is not re-announced on every resync).
+async fn refuse(
+    ctx: &Context,
+    pool: &RelayPool,
+    previous: &tether_api::RelayPoolStatus,
+    reason: &'static str,
+    message: String,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let Some(ns) = pool.namespace() else {
+        return Ok(());
+    };
+    let already = previous
+        .conditions
+        .iter()
+        .any(|c| c.reason == reason && c.message == message);
+    if already {
+        return Ok(());
+    }
+    warn!(reason, "{message}");
+    let refused = status::refused(previous, pool.meta().generation, reason, message.clone(), now);
+    status::patch(&ctx.client, &ns, &pool.name_any(), &refused).await?;
+    crate::k8s::publish(ctx, pool, EventType::Warning, reason, "Validate", message).await;
+    Ok(())
 }
 
 #[cfg(test)]

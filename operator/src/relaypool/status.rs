@@ -131,11 +131,22 @@ pub fn invalid(
     message: String,
     now: Timestamp,
 ) -> RelayPoolStatus {
+    refused(previous, generation, reasons::INVALID_SPEC, message, now)
+}
+
+/// The status of a pool the operator refuses to serve: `Ready=False` with `reason`.
+pub fn refused(
+    previous: &RelayPoolStatus,
+    generation: Option<i64>,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> RelayPoolStatus {
     let ready = condition(
         &previous.conditions,
         types::READY,
         cond_status::FALSE,
-        reasons::INVALID_SPEC,
+        reason,
         message,
         generation,
         now,

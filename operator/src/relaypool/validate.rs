@@ -148,6 +148,26 @@ pub fn validate(pool: &RelayPool) -> Result<Valid, Invalid> {
     })
 }
 
+/// The name of the pool among `others` that already serves `pool`'s relay domain, if any: the
+/// oldest pool with a domain keeps it (ties broken by name), every later one is refused. Two pools
+/// with one domain would mean two certificates for one name and agents landing on either fleet.
+pub fn relay_domain_owner<'a>(
+    pool: &RelayPool,
+    others: impl IntoIterator<Item = &'a RelayPool>,
+) -> Option<String> {
+    let domain = pool.spec.relay_domain.to_ascii_lowercase();
+    let key = |p: &RelayPool| (p.creation_timestamp().map(|t| t.0), p.name_any());
+    let mine = key(pool);
+    others
+        .into_iter()
+        .filter(|o| o.namespace() == pool.namespace() && o.name_any() != pool.name_any())
+        .filter(|o| o.spec.relay_domain.to_ascii_lowercase() == domain)
+        // `None` creation times (never from the API server) sort first: refuse rather than serve.
+        .filter(|o| key(o) < mine)
+        .min_by_key(|o| key(o))
+        .map(ResourceExt::name_any)
+}
+
 /// The certificate in `secret` if it can stay: complete, issued by the current CA (`ca.crt`
 /// matches), for exactly `dns_names`, and valid for more than [`CERT_RENEW_BEFORE`] after
 /// `now_unix`. `None` means: issue a new one. Keeping a good certificate is what makes reconciles
@@ -195,6 +215,28 @@ mod tests {
              metadata: {{name: relays, namespace: ns, uid: u1, generation: 2}}\nspec:\n{yaml_spec}"
         );
         serde_yaml::from_str(&doc).unwrap()
+    }
+
+    #[test]
+    fn the_oldest_pool_keeps_a_relay_domain() {
+        let at = |name: &str, domain: &str, created: &str| -> RelayPool {
+            serde_yaml::from_str(&format!(
+                "apiVersion: tether.dev/v1alpha1\nkind: RelayPool\nmetadata: {{name: {name}, namespace: ns, \
+                 creationTimestamp: '{created}'}}\nspec: {{relayDomain: {domain}}}"
+            ))
+            .unwrap()
+        };
+        let a = at("a", "relay.example.com", "2026-01-01T00:00:00Z");
+        let b = at("b", "Relay.Example.com", "2026-01-02T00:00:00Z");
+        let c = at("c", "other.example.com", "2025-01-01T00:00:00Z");
+        let all = [a.clone(), b.clone(), c.clone()];
+        assert_eq!(relay_domain_owner(&a, &all), None);
+        assert_eq!(relay_domain_owner(&b, &all).as_deref(), Some("a"));
+        assert_eq!(relay_domain_owner(&c, &all), None);
+        // Same second: the name decides, the same way for both.
+        let a2 = at("a2", "relay.example.com", "2026-01-01T00:00:00Z");
+        assert_eq!(relay_domain_owner(&a2, [&a]).as_deref(), Some("a"));
+        assert_eq!(relay_domain_owner(&a, [&a2]), None);
     }
 
     #[test]

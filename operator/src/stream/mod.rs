@@ -195,17 +195,15 @@ pub fn error_policy(obj: Arc<DeserializeGuard<DeviceStream>>, error: &Error, _ct
 /// re-reconciles the streams naming it) and RelayPools in the operator's namespace.
 pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
+    // Secrets are watched only when scoped to one namespace: see the Device controller's docs
+    // (cluster-wide Secret access is deliberately not granted).
     let (streams, secrets, devices) = match &watch_namespace {
         Some(ns) => (
             Api::<DeserializeGuard<DeviceStream>>::namespaced(client.clone(), ns),
-            Api::<Secret>::namespaced(client.clone(), ns),
+            Some(Api::<Secret>::namespaced(client.clone(), ns)),
             Api::<DeserializeGuard<Device>>::namespaced(client.clone(), ns),
         ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
+        None => (Api::all(client.clone()), None, Api::all(client.clone())),
     };
     let pools = Api::<RelayPool>::namespaced(client.clone(), &ctx.config.namespace);
     // A ring change (a relay ready or gone: the members Services' EndpointSlices) changes owners,
@@ -222,11 +220,14 @@ pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shut
     let controller = Controller::new(streams, Config::default());
     let store = controller.store();
     crate::metrics::metrics().inventory.set_streams(store.clone());
-    controller
-        .owns(
+    let controller = match secrets {
+        Some(secrets) => controller.owns(
             secrets,
             Config::default().labels(&format!("{}={}", k8s::MANAGED_BY.0, k8s::MANAGED_BY.1)),
-        )
+        ),
+        None => controller,
+    };
+    controller
         .watches(
             devices,
             Config::default(),

@@ -99,12 +99,44 @@ pub fn apply_shipped_rbac(env: &TestEnv, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Binds the device-namespace Secret rules of [`apply_shipped_rbac`] (operator namespace `ns`)
+/// in `device_ns`, as deploy/operator/rbac.yaml tells an administrator to.
+pub fn bind_device_namespace(env: &TestEnv, ns: &str, device_ns: &str) -> anyhow::Result<()> {
+    let out = env
+        .kubectl()
+        .args([
+            "create",
+            "rolebinding",
+            "tether-operator-device-secrets",
+            "-n",
+            device_ns,
+        ])
+        .arg(format!(
+            "--clusterrole={}",
+            cluster_name("tether-operator-device-secrets", ns)
+        ))
+        .arg(format!("--serviceaccount={ns}:tether-operator"))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "binding the device-namespace RBAC failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// Deletes the cluster-scoped RBAC objects of [`apply_shipped_rbac`].
 pub fn delete_shipped_rbac(env: &TestEnv, ns: &str) {
     let _ = env
         .kubectl()
-        .args(["delete", "--ignore-not-found", "clusterrolebinding,clusterrole"])
+        .args(["delete", "--ignore-not-found", "clusterrolebinding"])
         .arg(cluster_name("tether-operator", ns))
+        .output();
+    let _ = env
+        .kubectl()
+        .args(["delete", "--ignore-not-found", "clusterrole"])
+        .arg(cluster_name("tether-operator", ns))
+        .arg(cluster_name("tether-operator-device-secrets", ns))
         .output();
 }
 
@@ -165,6 +197,7 @@ pub async fn start_operator_in(env: &TestEnv, op: TempNs, watch_ns: &str) -> any
     install_crds(env)?;
     let ns = op.name().to_owned();
     apply_shipped_rbac(env, &ns)?;
+    bind_device_namespace(env, &ns, watch_ns)?;
     let client = env.service_account_client(&ns, "tether-operator").await?;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(tether_operator::run_with_client(

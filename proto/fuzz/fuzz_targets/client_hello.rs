@@ -1,5 +1,4 @@
-//! Fuzzes the ClientHello peek (SNI and ALPN) that runs before any authentication.
+//! Fuzzes the ClientHello peek (SNI and ALPN) that runs before any authentication, one-shot and
+//! incremental (they must agree).
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = tether_proto::client_hello::parse(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tether_proto::fuzz::client_hello(data));

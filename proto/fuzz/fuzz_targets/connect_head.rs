@@ -1,6 +1,3 @@
-//! Fuzzes the service CONNECT request head and the client-side response parser.
+//! Fuzzes the CONNECT request head (pre-authentication) and the response head a client parses.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = tether_proto::head::parse_connect(data);
-    let _ = tether_proto::head::parse_response(data);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tether_proto::fuzz::connect_head(data));

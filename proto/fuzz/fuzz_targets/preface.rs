@@ -1,8 +1,3 @@
-//! Fuzzes the device preface and preface-reply decoders.
+//! Fuzzes the device preface (after TLS, before the identity check) and the relay's reply.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let mut buf = bytes::BytesMut::from(data);
-    let _ = tether_proto::preface::Preface::decode(&mut buf);
-    let mut buf = bytes::BytesMut::from(data);
-    let _ = tether_proto::preface::PrefaceReply::decode(&mut buf);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tether_proto::fuzz::preface(data));

@@ -1,4 +1,4 @@
-//! Fuzzes stream-token verification (parsing happens before and after the signature check).
+//! Fuzzes stream-token verification: nothing the fuzzer makes may verify.
 #![no_main]
 use std::sync::OnceLock;
 
@@ -8,7 +8,5 @@ static VERIFIER: OnceLock<TokenVerifier> = OnceLock::new();
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let verifier = VERIFIER.get_or_init(|| TokenSigner::generate().verifier());
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = verifier.verify(text, "tether.local", 1_800_000_000, 30);
-    }
+    tether_proto::fuzz::token(verifier, data);
 });

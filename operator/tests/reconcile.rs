@@ -307,13 +307,33 @@ async fn stream_token_is_minted_once_then_expires_and_is_cleaned_up() -> anyhow:
         let endpoint = st.endpoint.clone().context("no endpoint")?;
         ensure!(endpoint.address == "127.0.0.1:4443");
         ensure!(endpoint.server_name == format!("pump-7.{ns}.{DOMAIN}"));
+        // No relay is ready yet (no EndpointSlice): no owner. Once the members Service's
+        // EndpointSlice lists ready relays, status.relay follows the ring over them.
+        ensure!(st.relay.is_none(), "relay {:?} before any relay is ready", st.relay);
         let members = ["relays-0", "relays-1", "relays-2"];
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_yaml::from_str(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: relays-members-x, labels: {{kubernetes.io/service-name: relays-members}}}}\n\
+             addressType: IPv4\nendpoints:\n{}",
+            members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| format!(
+                    "- {{addresses: [10.1.0.{}], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {m}}}}}\n",
+                    i + 2
+                ))
+                .collect::<String>()
+        ))?;
+        kube::Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(admin.clone(), &operator.ns)
+            .create(&Default::default(), &slice)
+            .await?;
         let owner = tether_proto::ring::owner(&format!("{ns}/pump-7"), &members);
-        ensure!(
-            st.relay.as_deref() == owner,
-            "relay {:?}, ring says {owner:?}",
-            st.relay
-        );
+        eventually(WAIT, || async {
+            let st = stream_phase(&admin, &ns, "ssh", StreamPhase::Ready, "Ready").await?.status.unwrap_or_default();
+            ensure!(st.relay.as_deref() == owner, "relay {:?}, ring says {owner:?}", st.relay);
+            Ok(())
+        })
+        .await?;
         ensure!(cond(&st.conditions, "TokenIssued").is_some_and(|c| c.status == "True"));
         ensure!(wait_event(&admin, &ns, "ssh", "TokenIssued").await? == "Normal");
 

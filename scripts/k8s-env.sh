@@ -25,7 +25,13 @@ K8S_VERSION=v1.36.3          # tools/k8s-testenv/go.mod requires k8s.io/kubernet
 K8S_BUILD_DATE=2026-07-22T18:07:38Z # the tag's time on the module proxy (reproducible version stamp)
 HELM_MODULE=helm.sh/helm/v3  # helm v3: stable CLI, go-installable (its go.mod has no replace)
 HELM_VERSION=v3.21.4
-RECIPE=3                     # bump when the build commands below change (invalidates the cache)
+# The test node (up --node): containerd and its runc shim, and crane to build images without Docker.
+CONTAINERD_MODULE=github.com/containerd/containerd/v2
+CONTAINERD_VERSION=v2.4.2
+CONTAINERD_TAGS="no_btrfs no_devmapper no_zfs no_aufs" # snapshotters we never use (overlayfs/native)
+CRANE_MODULE=github.com/google/go-containerregistry
+CRANE_VERSION=v0.22.1
+RECIPE=4                     # bump when the build commands below change (invalidates the cache)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=$ROOT/tools
@@ -51,6 +57,7 @@ input_hash() {
   need go
   {
     echo "recipe=$RECIPE k8s=$K8S_VERSION helm=$HELM_MODULE@$HELM_VERSION $(go env GOVERSION GOOS GOARCH)"
+    echo "containerd=$CONTAINERD_MODULE@$CONTAINERD_VERSION tags=$CONTAINERD_TAGS crane=$CRANE_MODULE@$CRANE_VERSION"
     cat "$TOOLS"/k8s-testenv/{go.mod,go.sum,main.go} "$TOOLS"/etcd/{go.mod,go.sum,main.go}
   } | sha256sum | cut -c1-12
 }
@@ -70,17 +77,29 @@ do_build() {
   done
   echo "== $(date -u +%T) etcd ($TOOLS/etcd)"
   (cd "$TOOLS/etcd" && go build -v -trimpath -ldflags "-s -w" -o "$out/etcd" .)
-  echo "== $(date -u +%T) k8s-testenv $K8S_VERSION: kube-apiserver, kube-controller-manager, kubectl"
+  echo "== $(date -u +%T) containerd $CONTAINERD_VERSION: containerd, containerd-shim-runc-v2, ctr"
+  # containerd's go.mod has no replace directives, so `go install pkg@version` works. GOFLAGS=-mod=readonly
+  # does not apply to `go install pkg@version`; clear it for these steps.
+  GOFLAGS='' GOBIN=$out go install -v -trimpath -tags "$CONTAINERD_TAGS" \
+    -ldflags "-s -w -X $CONTAINERD_MODULE/version.Version=$CONTAINERD_VERSION" \
+    "$CONTAINERD_MODULE/cmd/containerd@$CONTAINERD_VERSION" \
+    "$CONTAINERD_MODULE/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "$CONTAINERD_MODULE/cmd/ctr@$CONTAINERD_VERSION"
+  echo "== $(date -u +%T) crane $CRANE_VERSION"
+  GOFLAGS='' GOBIN=$out go install -v -trimpath -ldflags "-s -w" "$CRANE_MODULE/cmd/crane@$CRANE_VERSION"
+  echo "== $(date -u +%T) k8s-testenv $K8S_VERSION: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl"
   (cd "$TOOLS/k8s-testenv" && go build -v -trimpath -ldflags "$ldf" -o "$out/k8s-testenv" .)
-  for r in kube-apiserver kube-controller-manager kubectl; do ln -sf k8s-testenv "$out/$r"; done
+  for r in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do ln -sf k8s-testenv "$out/$r"; done
   echo "== $(date -u +%T) helm $HELM_VERSION"
-  # GOFLAGS=-mod=readonly does not apply to `go install pkg@version`; clear it for this step.
   GOFLAGS='' GOBIN=$out go install -v -trimpath \
     -ldflags "-s -w -X $HELM_MODULE/internal/version.version=$HELM_VERSION" "$HELM_MODULE/cmd/helm@$HELM_VERSION"
   "$out/kube-apiserver" --version
   "$out/kubectl" version --client
   "$out/etcd" --version
   "$out/helm" version --short
+  "$out/containerd" --version
+  "$out/ctr" --version
+  "$out/crane" version
   t=$(( $(date +%s) - t0 ))
   echo "== $(date -u +%T) build finished in ${t}s"
 }
@@ -109,7 +128,9 @@ cmd_build() {
   t0=$(date +%s)
   setsid nohup bash -c "$(declare -f do_build); set -euo pipefail; RECIPE=$RECIPE K8S_VERSION=$K8S_VERSION \
     K8S_BUILD_DATE=$K8S_BUILD_DATE HELM_MODULE=$HELM_MODULE HELM_VERSION=$HELM_VERSION TOOLS='$TOOLS'; \
-    do_build '$dir/bin.tmp'; for b in etcd k8s-testenv helm; do test -x '$dir/bin.tmp/'\$b; done; \
+    CONTAINERD_MODULE=$CONTAINERD_MODULE CONTAINERD_VERSION=$CONTAINERD_VERSION CONTAINERD_TAGS='$CONTAINERD_TAGS'; \
+    CRANE_MODULE=$CRANE_MODULE CRANE_VERSION=$CRANE_VERSION; \
+    do_build '$dir/bin.tmp'; for b in etcd k8s-testenv helm containerd containerd-shim-runc-v2 ctr crane; do test -x '$dir/bin.tmp/'\$b; done; \
     touch '$dir/bin.tmp/.complete'; rm -rf '$bin'; mv '$dir/bin.tmp' '$bin'" \
     >"$dir/build.log" 2>&1 </dev/null &
   pid=$!

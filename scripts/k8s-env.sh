@@ -5,6 +5,11 @@
 #   scripts/k8s-env.sh build [--detach]  build (or reuse) etcd, kube-apiserver, kube-controller-manager,
 #                                        kubectl (tools/k8s-testenv) and helm; prints the bin directory
 #   scripts/k8s-env.sh up                start the control plane on loopback ports picked at run time
+#   scripts/k8s-env.sh up --node         a whole single-node cluster (scheduler, containerd, kubelet,
+#                                        kube-proxy, bridge CNI) inside a private network + mount
+#                                        namespace; every command takes --node to act on it
+#   scripts/k8s-env.sh exec --node -- CMD  run CMD inside that namespace (KUBECONFIG, PATH set)
+#   scripts/k8s-env.sh import --node TAR...  load image tarballs into the node's containerd
 #   scripts/k8s-env.sh env               print `export ...` lines (eval "$(scripts/k8s-env.sh env)")
 #   scripts/k8s-env.sh status            show PIDs, ports, readiness, RSS
 #   scripts/k8s-env.sh down              stop exactly the PIDs `up` started (never by name)
@@ -13,7 +18,9 @@
 # Environment:
 #   TETHER_CACHE       cache root (default ~/.cache/tether); binaries go to
 #                      $TETHER_CACHE/k8s/<k8s version>-<hash of go.mod/go.sum/main.go/versions>/bin
-#   TETHER_K8S_DIR     runtime directory: PKI, data, logs, kubeconfig (default <repo>/.testenv/k8s)
+#   TETHER_K8S_DIR     runtime directory: PKI, data, logs, kubeconfig (default <repo>/.testenv/k8s,
+#                      <repo>/.testenv/node with --node)
+#   TETHER_K8S_NODE    1 = as if --node were given
 #   TETHER_K8S_KCM     1 (default) also runs kube-controller-manager (GC, namespace deletion,
 #                      default ServiceAccounts); 0 runs etcd + kube-apiserver only
 #   TETHER_K8S_START_TIMEOUT  seconds to wait for readiness (default 180)
@@ -35,7 +42,11 @@ RECIPE=4                     # bump when the build commands below change (invali
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=$ROOT/tools
-RUN_DIR=${TETHER_K8S_DIR:-$ROOT/.testenv/k8s}
+NODE=${TETHER_K8S_NODE:-0}
+ARGS=()
+for a in "$@"; do if [[ $a == --node ]]; then NODE=1; else ARGS+=("$a"); fi; done
+set -- "${ARGS[@]}"
+if [[ $NODE == 1 ]]; then RUN_DIR=${TETHER_K8S_DIR:-$ROOT/.testenv/node}; else RUN_DIR=${TETHER_K8S_DIR:-$ROOT/.testenv/k8s}; fi
 START_TIMEOUT=${TETHER_K8S_START_TIMEOUT:-180}
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off GOFLAGS=-mod=readonly
 
@@ -337,12 +348,21 @@ cmd_status() {
   return "$rc"
 }
 
-case ${1:-} in
-  build) shift; cmd_build "$@" ;;
-  bin-dir) echo "$(cache_dir)/bin" ;;
-  up) cmd_up ;;
-  down) stop_all; log "down (logs kept in $RUN_DIR/logs)" ;;
-  env) cmd_env ;;
-  status) cmd_status ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+# shellcheck source=scripts/k8s-node.sh
+source "$ROOT/scripts/k8s-node.sh"
+
+case ${1:-}/$NODE in
+  build/*) shift; cmd_build "$@" ;;
+  bin-dir/*) echo "$(cache_dir)/bin" ;;
+  up/0) cmd_up ;;
+  up/1) node_up ;;
+  down/0) stop_all; log "down (logs kept in $RUN_DIR/logs)" ;;
+  down/1) node_down ;;
+  env/0) cmd_env ;;
+  env/1) ns_alive || die "node not running: 'scripts/k8s-env.sh up --node' first"; cat "$RUN_DIR/env" ;;
+  status/0) cmd_status ;;
+  status/1) node_status ;;
+  import/1) shift; node_import "$@" ;;
+  exec/1) shift; [[ ${1:-} == -- ]] && shift; node_exec "$@" ;;
+  *) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

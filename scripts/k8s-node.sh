@@ -209,7 +209,7 @@ start_in_ns() {
   log "started $name (pid $!)"
 }
 
-ns_alive() { [[ -f $RUN_DIR/ns.pid ]] && [[ $(readlink "/proc/$(<"$RUN_DIR/ns.pid")/ns/mnt" 2>/dev/null) == "$(<"$RUN_DIR/ns.mnt" 2>/dev/null)" ]]; }
+ns_alive() { [[ -f $RUN_DIR/ns.pid ]] && [[ $(readlink "/proc/$(<"$RUN_DIR/ns.pid")/ns/mnt" 2>/dev/null) == "$(cat "$RUN_DIR/ns.mnt" 2>/dev/null)" ]]; }
 
 # Waits until "$@" (run inside the namespaces) succeeds; fails naming COMPONENT's log.
 wait_in_ns() {

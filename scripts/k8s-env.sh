@@ -32,13 +32,14 @@ K8S_VERSION=v1.36.3          # tools/k8s-testenv/go.mod requires k8s.io/kubernet
 K8S_BUILD_DATE=2026-07-22T18:07:38Z # the tag's time on the module proxy (reproducible version stamp)
 HELM_MODULE=helm.sh/helm/v3  # helm v3: stable CLI, go-installable (its go.mod has no replace)
 HELM_VERSION=v3.21.4
+HELM_K8S_MINOR=36            # helm v3.21.4's client-go is v0.36.x (its Makefile stamps this)
 # The test node (up --node): containerd and its runc shim, and crane to build images without Docker.
 CONTAINERD_MODULE=github.com/containerd/containerd/v2
 CONTAINERD_VERSION=v2.4.2
 CONTAINERD_TAGS="no_btrfs no_devmapper no_zfs no_aufs" # snapshotters we never use (overlayfs/native)
 CRANE_MODULE=github.com/google/go-containerregistry
 CRANE_VERSION=v0.22.1
-RECIPE=4                     # bump when the build commands below change (invalidates the cache)
+RECIPE=5                     # bump when the build commands below change (invalidates the cache)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=$ROOT/tools
@@ -67,7 +68,7 @@ show_tail() {
 input_hash() {
   need go
   {
-    echo "recipe=$RECIPE k8s=$K8S_VERSION helm=$HELM_MODULE@$HELM_VERSION $(go env GOVERSION GOOS GOARCH)"
+    echo "recipe=$RECIPE k8s=$K8S_VERSION helm=$HELM_MODULE@$HELM_VERSION/$HELM_K8S_MINOR $(go env GOVERSION GOOS GOARCH)"
     echo "containerd=$CONTAINERD_MODULE@$CONTAINERD_VERSION tags=$CONTAINERD_TAGS crane=$CRANE_MODULE@$CRANE_VERSION"
     cat "$TOOLS"/k8s-testenv/{go.mod,go.sum,main.go} "$TOOLS"/etcd/{go.mod,go.sum,main.go}
   } | sha256sum | cut -c1-12
@@ -102,8 +103,12 @@ do_build() {
   (cd "$TOOLS/k8s-testenv" && go build -v -trimpath -ldflags "$ldf" -o "$out/k8s-testenv" .)
   for r in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do ln -sf k8s-testenv "$out/$r"; done
   echo "== $(date -u +%T) helm $HELM_VERSION"
+  # As helm's Makefile: the Kubernetes version `helm template`/`lint` assume without a cluster is
+  # that of helm's client-go (v0.36 -> 1.36); unset it is 1.20 and kubeVersion checks fail.
+  local hv="" k
+  for k in pkg/chartutil pkg/lint/rules; do hv="$hv -X $HELM_MODULE/$k.k8sVersionMajor=1 -X $HELM_MODULE/$k.k8sVersionMinor=$HELM_K8S_MINOR"; done
   GOFLAGS='' GOBIN=$out go install -v -trimpath \
-    -ldflags "-s -w -X $HELM_MODULE/internal/version.version=$HELM_VERSION" "$HELM_MODULE/cmd/helm@$HELM_VERSION"
+    -ldflags "-s -w -X $HELM_MODULE/internal/version.version=$HELM_VERSION$hv" "$HELM_MODULE/cmd/helm@$HELM_VERSION"
   "$out/kube-apiserver" --version
   "$out/kubectl" version --client
   "$out/etcd" --version
@@ -138,7 +143,7 @@ cmd_build() {
   # second `build` waits for this one.
   t0=$(date +%s)
   setsid nohup bash -c "$(declare -f do_build); set -euo pipefail; RECIPE=$RECIPE K8S_VERSION=$K8S_VERSION \
-    K8S_BUILD_DATE=$K8S_BUILD_DATE HELM_MODULE=$HELM_MODULE HELM_VERSION=$HELM_VERSION TOOLS='$TOOLS'; \
+    K8S_BUILD_DATE=$K8S_BUILD_DATE HELM_MODULE=$HELM_MODULE HELM_VERSION=$HELM_VERSION HELM_K8S_MINOR=$HELM_K8S_MINOR TOOLS='$TOOLS'; \
     CONTAINERD_MODULE=$CONTAINERD_MODULE CONTAINERD_VERSION=$CONTAINERD_VERSION CONTAINERD_TAGS='$CONTAINERD_TAGS'; \
     CRANE_MODULE=$CRANE_MODULE CRANE_VERSION=$CRANE_VERSION; \
     do_build '$dir/bin.tmp'; for b in etcd k8s-testenv helm containerd containerd-shim-runc-v2 ctr crane; do test -x '$dir/bin.tmp/'\$b; done; \

@@ -142,6 +142,7 @@ install() {
   wait_for 60 bash -c "[[ \$(kubectl -n $NS get relaypool relays -o jsonpath='{.status.readyReplicas}') == 2 ]]" &&
     pass "RelayPool status: readyReplicas 2, members $(jp -n "$NS" get relaypool relays -o 'jsonpath={.status.members[*].name}')" ||
     fail "RelayPool status: $(jp -n "$NS" get relaypool relays -o 'jsonpath={.status}')"
+  echo "helm-e2e figure: RSS of the 4 Tether pods (2 operators, 2 relays, shims excluded): $(pods_rss) MiB"
   local image
   image=$(jp -n "$NS" get sts relays -o 'jsonpath={.spec.template.spec.containers[0].image}')
   [[ $image == "ghcr.io/tether-dev/tether-relay:$TAG" ]] && pass "relays run the chart's relay image ($image)" ||
@@ -153,6 +154,13 @@ leader() {
   local h
   h=$(jp -n "$NS" get lease tether-operator -o 'jsonpath={.spec.holderIdentity}')
   [[ -n $h ]] && kubectl -n "$NS" get pod "$h" >/dev/null 2>&1 && echo "$h"
+}
+
+# MiB of RSS of every process in the pods (the kubepods cgroup tree of the memory hierarchy).
+pods_rss() {
+  find /sys/fs/cgroup/memory/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null | sort -un |
+    while read -r p; do awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null; done |
+    awk '{s += $1} END {printf "%d", s / 1024}'
 }
 
 relays_ready() {
@@ -191,6 +199,7 @@ PermitRootLogin prohibit-password
 UsePAM no
 StrictModes no
 MaxStartups 100:30:200
+Subsystem sftp internal-sftp
 EOF
   /usr/sbin/sshd -D -e -f "$W/sshd_config" >"$W/logs/sshd.log" 2>&1 &
   PIDS+=($!)

@@ -176,6 +176,11 @@ test_dry_run() {
     kubectl apply --server-side --force-conflicts --dry-run=server --field-manager=dry-run -f - 2>&1) &&
     pass "helm template (network policies, dashboards, RelayPool) passes a server-side dry-run ($(grep -c . <<<"$out") objects)" ||
     fail "server-side dry-run: $out"
+  local want got
+  want=$(find "$CHART/dashboards" "$CHART/files/dashboards" -name '*.json' 2>/dev/null | wc -l)
+  got=$(helm template tether "$CHART" -n "$NS" --set dashboards.enabled=true | grep -c 'grafana_dashboard: "1"' || true)
+  [[ $got == "$want" ]] && pass "dashboards.enabled: $got ConfigMap(s) labelled grafana_dashboard=1 for $want dashboard file(s)" ||
+    fail "dashboards: $got ConfigMaps for $want files"
   out=$(helm template tether "$CHART" -n "$NS" --set serviceMonitor.enabled=true 2>&1) &&
     [[ $(grep -c "kind: ServiceMonitor" <<<"$out") == 2 ]] && pass "serviceMonitor.enabled renders 2 ServiceMonitors" ||
     fail "serviceMonitor rendering: $out"

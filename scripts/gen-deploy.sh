@@ -20,7 +20,7 @@ render() { # file template...
     "$HELM" template tether "$ROOT/charts/tether" --namespace tether-system "${args[@]}"
   } >"$tmp/$file"
 }
-render rbac.yaml operator-rbac.yaml
+render rbac.yaml operator-rbac.yaml relay-rbac.yaml
 render deployment.yaml operator-deployment.yaml operator-pdb.yaml
 rc=0
 for f in rbac.yaml deployment.yaml; do

@@ -1,5 +1,6 @@
-//! The shipped RBAC (`deploy/operator/rbac.yaml`) grants what the RelayPool controller declares
-//! it needs (`relaypool::required_rbac_rules`), and nothing is granted twice by accident. Runs
+//! The shipped RBAC (`deploy/operator/rbac.yaml`, generated from the Helm chart) grants what the
+//! RelayPool controller declares it needs (`relaypool::required_rbac_rules`), the relays'
+//! ClusterRole is exactly `relay_cluster_rules`, and nothing is granted twice by accident. Runs
 //! without a cluster; the reconcile tests check the Device/DeviceStream side by running the
 //! operator under exactly this RBAC.
 
@@ -7,15 +8,30 @@ mod opsupport;
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
 
-fn shipped_cluster_role() -> anyhow::Result<ClusterRole> {
+fn shipped_cluster_role_named(name: &str) -> anyhow::Result<ClusterRole> {
     let text = std::fs::read_to_string(opsupport::repo().join("deploy/operator/rbac.yaml"))?;
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v: serde_json::Value = serde::Deserialize::deserialize(doc)?;
-        if v["kind"] == "ClusterRole" {
+        if v["kind"] == "ClusterRole" && v["metadata"]["name"] == name {
             return Ok(serde_json::from_value(v)?);
         }
     }
-    anyhow::bail!("no ClusterRole in rbac.yaml")
+    anyhow::bail!("no ClusterRole {name} in rbac.yaml")
+}
+
+fn shipped_cluster_role() -> anyhow::Result<ClusterRole> {
+    shipped_cluster_role_named("tether-operator")
+}
+
+#[test]
+fn shipped_relay_cluster_role_is_what_relays_need() -> anyhow::Result<()> {
+    use tether_operator::relaypool::build::{RELAY_CLUSTER_ROLE, relay_cluster_rules};
+    let role = shipped_cluster_role_named(RELAY_CLUSTER_ROLE)?;
+    anyhow::ensure!(
+        role.rules.unwrap_or_default() == relay_cluster_rules(),
+        "charts/tether/templates/relay-rbac.yaml differs from relay_cluster_rules()"
+    );
+    Ok(())
 }
 
 fn grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {

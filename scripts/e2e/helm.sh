@@ -224,9 +224,8 @@ devices_connected_is() { [[ $(connected_devices) == "$1" ]]; }
 test_device_and_stream() {
   NODE_PORT=$(jp -n "$NS" get svc relays -o 'jsonpath={.spec.ports[0].nodePort}')
   [[ -n $NODE_PORT ]] || die "relays Service has no nodePort"
-  # Until relays forward to the owning peer (the fleet work, DESIGN §4), a device and its client
-  # must reach the same relay: both come from the node's address, so ClientIP affinity does it.
-  kubectl -n "$NS" patch svc relays --type=merge -p '{"spec":{"sessionAffinity":"ClientIP"}}' >/dev/null
+  # No session affinity: the NodePort picks a relay at random for the device and for each client
+  # connection, and a relay that does not own the device forwards to the owner (DESIGN §4).
   kubectl create namespace "$DEV_NS" >/dev/null
   kubectl apply -f - >/dev/null <<EOF
 apiVersion: tether.dev/v1alpha1

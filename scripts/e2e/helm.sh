@@ -266,6 +266,7 @@ EOF
   secret "$DEV_NS" pump-7-ssh-tether-token ca.crt >"$W/stream-ca.crt"
   chmod 600 "$W/stream.token"
   SSH_OPTS=(-F /dev/null -o StrictHostKeyChecking=no -o "UserKnownHostsFile=/dev/null" -o BatchMode=yes
+    -o ServerAliveInterval=5 -o ServerAliveCountMax=3
     -o LogLevel=ERROR -o ConnectTimeout=20 -i "$W/client_key"
     -o "ProxyCommand=$BIN/tether connect $DEV_NS/pump-7 --port 22 --token-file $W/stream.token --relay $NODE_IP:$NODE_PORT --relay-domain $DOMAIN --ca $W/stream-ca.crt --stdio")
   local out
@@ -323,7 +324,8 @@ test_upgrade_under_load() {
   # Steady setup load: one ssh session after another (each a new tunnelled connection).
   (
     while [[ ! -f $W/stop-load ]]; do
-      if ssh "${SSH_OPTS[@]}" root@pump-7 true 2>>"$W/logs/load.log"; then echo ok; else echo failed; fi
+      # Bounded: a setup that hangs counts as failed (it did once during a roll, 2026-12-01).
+      if timeout 30 ssh "${SSH_OPTS[@]}" root@pump-7 true 2>>"$W/logs/load.log"; then echo ok; else echo failed; fi
     done >"$W/load.results"
   ) &
   local load_pid=$!

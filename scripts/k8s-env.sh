@@ -5,6 +5,11 @@
 #   scripts/k8s-env.sh build [--detach]  build (or reuse) etcd, kube-apiserver, kube-controller-manager,
 #                                        kubectl (tools/k8s-testenv) and helm; prints the bin directory
 #   scripts/k8s-env.sh up                start the control plane on loopback ports picked at run time
+#   scripts/k8s-env.sh up --node         a whole single-node cluster (scheduler, containerd, kubelet,
+#                                        kube-proxy, bridge CNI) inside a private network + mount
+#                                        namespace; every command takes --node to act on it
+#   scripts/k8s-env.sh exec --node -- CMD  run CMD inside that namespace (KUBECONFIG, PATH set)
+#   scripts/k8s-env.sh import --node TAR...  load image tarballs into the node's containerd
 #   scripts/k8s-env.sh env               print `export ...` lines (eval "$(scripts/k8s-env.sh env)")
 #   scripts/k8s-env.sh status            show PIDs, ports, readiness, RSS
 #   scripts/k8s-env.sh down              stop exactly the PIDs `up` started (never by name)
@@ -13,7 +18,9 @@
 # Environment:
 #   TETHER_CACHE       cache root (default ~/.cache/tether); binaries go to
 #                      $TETHER_CACHE/k8s/<k8s version>-<hash of go.mod/go.sum/main.go/versions>/bin
-#   TETHER_K8S_DIR     runtime directory: PKI, data, logs, kubeconfig (default <repo>/.testenv/k8s)
+#   TETHER_K8S_DIR     runtime directory: PKI, data, logs, kubeconfig (default <repo>/.testenv/k8s,
+#                      <repo>/.testenv/node with --node)
+#   TETHER_K8S_NODE    1 = as if --node were given
 #   TETHER_K8S_KCM     1 (default) also runs kube-controller-manager (GC, namespace deletion,
 #                      default ServiceAccounts); 0 runs etcd + kube-apiserver only
 #   TETHER_K8S_START_TIMEOUT  seconds to wait for readiness (default 180)
@@ -25,11 +32,22 @@ K8S_VERSION=v1.36.3          # tools/k8s-testenv/go.mod requires k8s.io/kubernet
 K8S_BUILD_DATE=2026-07-22T18:07:38Z # the tag's time on the module proxy (reproducible version stamp)
 HELM_MODULE=helm.sh/helm/v3  # helm v3: stable CLI, go-installable (its go.mod has no replace)
 HELM_VERSION=v3.21.4
-RECIPE=3                     # bump when the build commands below change (invalidates the cache)
+HELM_K8S_MINOR=36            # helm v3.21.4's client-go is v0.36.x (its Makefile stamps this)
+# The test node (up --node): containerd and its runc shim, and crane to build images without Docker.
+CONTAINERD_MODULE=github.com/containerd/containerd/v2
+CONTAINERD_VERSION=v2.4.2
+CONTAINERD_TAGS="no_btrfs no_devmapper no_zfs no_aufs" # snapshotters we never use (overlayfs/native)
+CRANE_MODULE=github.com/google/go-containerregistry
+CRANE_VERSION=v0.22.1
+RECIPE=5                     # bump when the build commands below change (invalidates the cache)
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TOOLS=$ROOT/tools
-RUN_DIR=${TETHER_K8S_DIR:-$ROOT/.testenv/k8s}
+NODE=${TETHER_K8S_NODE:-0}
+ARGS=()
+for a in "$@"; do if [[ $a == --node ]]; then NODE=1; else ARGS+=("$a"); fi; done
+set -- "${ARGS[@]}"
+if [[ $NODE == 1 ]]; then RUN_DIR=${TETHER_K8S_DIR:-$ROOT/.testenv/node}; else RUN_DIR=${TETHER_K8S_DIR:-$ROOT/.testenv/k8s}; fi
 START_TIMEOUT=${TETHER_K8S_START_TIMEOUT:-180}
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off GOFLAGS=-mod=readonly
 
@@ -50,7 +68,8 @@ show_tail() {
 input_hash() {
   need go
   {
-    echo "recipe=$RECIPE k8s=$K8S_VERSION helm=$HELM_MODULE@$HELM_VERSION $(go env GOVERSION GOOS GOARCH)"
+    echo "recipe=$RECIPE k8s=$K8S_VERSION helm=$HELM_MODULE@$HELM_VERSION/$HELM_K8S_MINOR $(go env GOVERSION GOOS GOARCH)"
+    echo "containerd=$CONTAINERD_MODULE@$CONTAINERD_VERSION tags=$CONTAINERD_TAGS crane=$CRANE_MODULE@$CRANE_VERSION"
     cat "$TOOLS"/k8s-testenv/{go.mod,go.sum,main.go} "$TOOLS"/etcd/{go.mod,go.sum,main.go}
   } | sha256sum | cut -c1-12
 }
@@ -70,17 +89,33 @@ do_build() {
   done
   echo "== $(date -u +%T) etcd ($TOOLS/etcd)"
   (cd "$TOOLS/etcd" && go build -v -trimpath -ldflags "-s -w" -o "$out/etcd" .)
-  echo "== $(date -u +%T) k8s-testenv $K8S_VERSION: kube-apiserver, kube-controller-manager, kubectl"
+  echo "== $(date -u +%T) containerd $CONTAINERD_VERSION: containerd, containerd-shim-runc-v2, ctr"
+  # containerd's go.mod has no replace directives, so `go install pkg@version` works. GOFLAGS=-mod=readonly
+  # does not apply to `go install pkg@version`; clear it for these steps.
+  GOFLAGS='' GOBIN=$out go install -v -trimpath -tags "$CONTAINERD_TAGS" \
+    -ldflags "-s -w -X $CONTAINERD_MODULE/version.Version=$CONTAINERD_VERSION" \
+    "$CONTAINERD_MODULE/cmd/containerd@$CONTAINERD_VERSION" \
+    "$CONTAINERD_MODULE/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "$CONTAINERD_MODULE/cmd/ctr@$CONTAINERD_VERSION"
+  echo "== $(date -u +%T) crane $CRANE_VERSION"
+  GOFLAGS='' GOBIN=$out go install -v -trimpath -ldflags "-s -w" "$CRANE_MODULE/cmd/crane@$CRANE_VERSION"
+  echo "== $(date -u +%T) k8s-testenv $K8S_VERSION: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl"
   (cd "$TOOLS/k8s-testenv" && go build -v -trimpath -ldflags "$ldf" -o "$out/k8s-testenv" .)
-  for r in kube-apiserver kube-controller-manager kubectl; do ln -sf k8s-testenv "$out/$r"; done
+  for r in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do ln -sf k8s-testenv "$out/$r"; done
   echo "== $(date -u +%T) helm $HELM_VERSION"
-  # GOFLAGS=-mod=readonly does not apply to `go install pkg@version`; clear it for this step.
+  # As helm's Makefile: the Kubernetes version `helm template`/`lint` assume without a cluster is
+  # that of helm's client-go (v0.36 -> 1.36); unset it is 1.20 and kubeVersion checks fail.
+  local hv="" k
+  for k in pkg/chartutil pkg/lint/rules; do hv="$hv -X $HELM_MODULE/$k.k8sVersionMajor=1 -X $HELM_MODULE/$k.k8sVersionMinor=$HELM_K8S_MINOR"; done
   GOFLAGS='' GOBIN=$out go install -v -trimpath \
-    -ldflags "-s -w -X $HELM_MODULE/internal/version.version=$HELM_VERSION" "$HELM_MODULE/cmd/helm@$HELM_VERSION"
+    -ldflags "-s -w -X $HELM_MODULE/internal/version.version=$HELM_VERSION$hv" "$HELM_MODULE/cmd/helm@$HELM_VERSION"
   "$out/kube-apiserver" --version
   "$out/kubectl" version --client
   "$out/etcd" --version
   "$out/helm" version --short
+  "$out/containerd" --version
+  "$out/ctr" --version
+  "$out/crane" version
   t=$(( $(date +%s) - t0 ))
   echo "== $(date -u +%T) build finished in ${t}s"
 }
@@ -108,8 +143,10 @@ cmd_build() {
   # second `build` waits for this one.
   t0=$(date +%s)
   setsid nohup bash -c "$(declare -f do_build); set -euo pipefail; RECIPE=$RECIPE K8S_VERSION=$K8S_VERSION \
-    K8S_BUILD_DATE=$K8S_BUILD_DATE HELM_MODULE=$HELM_MODULE HELM_VERSION=$HELM_VERSION TOOLS='$TOOLS'; \
-    do_build '$dir/bin.tmp'; for b in etcd k8s-testenv helm; do test -x '$dir/bin.tmp/'\$b; done; \
+    K8S_BUILD_DATE=$K8S_BUILD_DATE HELM_MODULE=$HELM_MODULE HELM_VERSION=$HELM_VERSION HELM_K8S_MINOR=$HELM_K8S_MINOR TOOLS='$TOOLS'; \
+    CONTAINERD_MODULE=$CONTAINERD_MODULE CONTAINERD_VERSION=$CONTAINERD_VERSION CONTAINERD_TAGS='$CONTAINERD_TAGS'; \
+    CRANE_MODULE=$CRANE_MODULE CRANE_VERSION=$CRANE_VERSION; \
+    do_build '$dir/bin.tmp'; for b in etcd k8s-testenv helm containerd containerd-shim-runc-v2 ctr crane; do test -x '$dir/bin.tmp/'\$b; done; \
     touch '$dir/bin.tmp/.complete'; rm -rf '$bin'; mv '$dir/bin.tmp' '$bin'" \
     >"$dir/build.log" 2>&1 </dev/null &
   pid=$!
@@ -316,12 +353,21 @@ cmd_status() {
   return "$rc"
 }
 
-case ${1:-} in
-  build) shift; cmd_build "$@" ;;
-  bin-dir) echo "$(cache_dir)/bin" ;;
-  up) cmd_up ;;
-  down) stop_all; log "down (logs kept in $RUN_DIR/logs)" ;;
-  env) cmd_env ;;
-  status) cmd_status ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+# shellcheck source=scripts/k8s-node.sh
+source "$ROOT/scripts/k8s-node.sh"
+
+case ${1:-}/$NODE in
+  build/*) shift; cmd_build "$@" ;;
+  bin-dir/*) echo "$(cache_dir)/bin" ;;
+  up/0) cmd_up ;;
+  up/1) node_up ;;
+  down/0) stop_all; log "down (logs kept in $RUN_DIR/logs)" ;;
+  down/1) node_down ;;
+  env/0) cmd_env ;;
+  env/1) ns_alive || die "node not running: 'scripts/k8s-env.sh up --node' first"; cat "$RUN_DIR/env" ;;
+  status/0) cmd_status ;;
+  status/1) node_status ;;
+  import/1) shift; node_import "$@" ;;
+  exec/1) shift; [[ ${1:-} == -- ]] && shift; node_exec "$@" ;;
+  *) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -8,8 +8,12 @@
 #                 the agent behind an authenticating HTTP CONNECT proxy (scripts/e2e/ssh.sh)
 #   4. k8s        tests against a real etcd + kube-apiserver + controller-manager, kubectl and helm
 #                 built from the Go module proxy and cached outside the repo (scripts/test-k8s.sh)
-#   5. bench      a smoke run of the benchmark harness (scripts/bench.sh --smoke)
-#   6. obs        dashboards/alert rules: drift + structure tests, promtool check/test rules; a real
+#   5. helm       Tether installed with helm on a real single-node cluster (kubelet, containerd,
+#                 kube-proxy in a private network namespace): operator and relays as pods from
+#                 locally built images, ssh/scp through them, failover, upgrade, uninstall
+#                 (scripts/test-helm.sh, scripts/e2e/helm.sh)
+#   6. bench      a smoke run of the benchmark harness (scripts/bench.sh --smoke)
+#   7. obs        dashboards/alert rules: drift + structure tests, promtool check/test rules; a real
 #                 Prometheus scraping relays, an agent and the operator runs every panel query and
 #                 alert (scripts/e2e/prometheus.sh); OTLP traces into a real receiver
 #                 (scripts/e2e/otel.sh)
@@ -23,7 +27,7 @@ export CARGO_TERM_COLOR=never RUST_BACKTRACE=1
 # A one-off build (CI) gains nothing from incremental artifacts: they only cost disk and time.
 [[ -n ${CI:-} ]] && export CARGO_INCREMENTAL=0
 SUITES=("$@")
-((${#SUITES[@]})) || SUITES=(lint unit+int e2e k8s bench obs)
+((${#SUITES[@]})) || SUITES=(lint unit+int e2e k8s helm bench obs)
 passed=0 failed=0 failed_names=()
 
 log() { printf '\n[test.sh] %s\n' "$*"; }
@@ -117,6 +121,10 @@ k8s() {
   scripts/test-k8s.sh "${args[@]}"
 }
 
+helm_suite() {
+  scripts/test-helm.sh
+}
+
 bench() {
   scripts/bench.sh --smoke
 }
@@ -136,7 +144,7 @@ obs() {
 export PATH=$PATH:/usr/local/go/bin:$HOME/.cargo/bin
 install_system_packages
 log "disk: $(df -h "$ROOT" | tail -n 1); $(nproc) cores"
-if wants k8s || wants obs; then
+if wants k8s || wants helm || wants obs; then
   log "starting the Kubernetes control-plane build in the background (cached when unchanged)"
   scripts/k8s-env.sh build --detach || log "WARNING: could not start the background build; the k8s suite will build in the foreground"
 fi
@@ -146,6 +154,7 @@ wants deny && run_suite deny deny
 wants unit+int && run_suite unit+int unit_and_integration
 wants e2e && run_suite e2e e2e
 wants k8s && run_suite k8s k8s
+wants helm && run_suite helm helm_suite
 wants bench && run_suite bench bench
 wants obs && run_suite obs obs
 

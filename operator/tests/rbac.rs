@@ -31,6 +31,17 @@ fn shipped<K: serde::de::DeserializeOwned>(kind: &str, name: &str) -> anyhow::Re
     anyhow::bail!("no {kind} {name} in rbac.yaml")
 }
 
+#[test]
+fn shipped_relay_cluster_role_is_what_relays_need() -> anyhow::Result<()> {
+    use tether_operator::relaypool::build::{RELAY_CLUSTER_ROLE, relay_cluster_rules};
+    let role: ClusterRole = shipped("ClusterRole", RELAY_CLUSTER_ROLE)?;
+    anyhow::ensure!(
+        role.rules.unwrap_or_default() == relay_cluster_rules(),
+        "charts/tether/templates/relay-rbac.yaml differs from relay_cluster_rules()"
+    );
+    Ok(())
+}
+
 fn grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
     rules.iter().any(|r| {
         r.api_groups.iter().flatten().any(|g| g == group)

@@ -1,5 +1,6 @@
-// Command k8s-testenv is a multi-call binary holding kube-apiserver, kube-controller-manager and
-// kubectl of one Kubernetes release. The role is argv[0] (a symlink name) or the first argument:
+// Command k8s-testenv is a multi-call binary holding kube-apiserver, kube-controller-manager,
+// kube-scheduler, kubelet, kube-proxy and kubectl of one Kubernetes release (the last three make
+// the test node of `scripts/k8s-env.sh up --node`). The role is argv[0] (a symlink name) or the first argument:
 //
 //	k8s-testenv kube-apiserver --etcd-servers=... (or a symlink named kube-apiserver)
 //
@@ -9,6 +10,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -25,9 +27,12 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
+	schedapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
-const usage = "usage: k8s-testenv kube-apiserver|kube-controller-manager|kubectl [flags]"
+const usage = "usage: k8s-testenv kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl [flags]"
 
 func main() {
 	role := filepath.Base(os.Args[0])
@@ -45,6 +50,13 @@ func main() {
 		os.Exit(cli.Run(apiserverapp.NewAPIServerCommand()))
 	case "kube-controller-manager":
 		os.Exit(cli.Run(kcmapp.NewControllerManagerCommand()))
+	case "kube-scheduler":
+		os.Exit(cli.Run(schedapp.NewSchedulerCommand()))
+	case "kubelet":
+		// As upstream cmd/kubelet: the command installs its own signal handling.
+		os.Exit(cli.Run(kubeletapp.NewKubeletCommand(context.Background())))
+	case "kube-proxy":
+		os.Exit(cli.Run(proxyapp.NewProxyCommand()))
 	case "kubectl":
 		// As upstream: set klog verbosity before the command is built (plugins, .kuberc).
 		logs.GlogSetter(kubectlcmd.GetLogVerbosity(os.Args)) //nolint:errcheck

@@ -417,6 +417,23 @@ async fn deleting_a_devicestream_cuts_its_connection_within_two_seconds() -> any
                 }
             }
             eprintln!("fleet_revoke: connection closed {cut:?} after the DeviceStream was deleted");
+            // The device side: disabling its Device cuts the session at once and refuses the
+            // certificate until the Device is enabled again.
+            let device_yaml = |disabled: bool| {
+                format!("apiVersion: tether.dev/v1alpha1\nkind: Device\nmetadata: {{name: pump}}\nspec: {{allowedPorts: [7], disabled: {disabled}}}\n")
+            };
+            let _: Device = opsupport::apply(&admin, &ns, &device_yaml(false)).await?;
+            wait_connected(&fleet, 1, Duration::from_secs(5)).await?;
+            let disabled_at = tokio::time::Instant::now();
+            let _: Device = opsupport::apply(&admin, &ns, &device_yaml(true)).await?;
+            wait_connected(&fleet, 0, Duration::from_secs(5)).await?;
+            let device_cut = disabled_at.elapsed();
+            ensure!(device_cut <= Duration::from_secs(2), "device session cut after {device_cut:?}");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            ensure!(sum(&fleet, "tether_relay_connected_devices").await? == 0.0, "a disabled device reconnected");
+            let _: Device = opsupport::apply(&admin, &ns, &device_yaml(false)).await?;
+            wait_connected(&fleet, 1, Duration::from_secs(10)).await?;
+            eprintln!("fleet_revoke: device session closed {device_cut:?} after its Device was disabled; back once enabled");
             agent.stop().await;
             Ok(())
         }

@@ -5,9 +5,11 @@
 //! * [`members`]: EndpointSlices of `<pool>-members` → [`crate::fleet::Fleet::set_members`].
 //! * [`revocation`]: DeviceStream deletion or expiry closes the stream's connections and refuses
 //!   its token; its spec's `maxConnections` applies.
+//! * [`devices`]: a Device disabled or deleted has its session closed and its certificate refused.
 //! * [`writer`]: the status writer (server-side apply, field manager [`FIELD_MANAGER`],
 //!   rate-limited).
 
+pub mod devices;
 pub mod members;
 pub mod revocation;
 pub mod writer;
@@ -55,6 +57,7 @@ pub async fn run(client: Client, settings: Settings, relay: RelayHandle, shutdow
             directory.clone(),
             shutdown.clone(),
         )),
+        tokio::spawn(devices::run(client.clone(), relay.clone(), shutdown.clone())),
         tokio::spawn(writer::run(client, settings, relay, directory, shutdown)),
     ];
     for task in tasks {

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use opsupport::{apply, secret_value, ssh::Sshd, start_operator};
 use tether_api::{Device, DeviceStream, RelayPool};
-use tether_net::{pki::Ca, tls};
+use tether_net::tls;
 use tether_proto::name::DeviceKey;
 use tether_tests::testenv::{TestEnv, eventually};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -90,35 +90,8 @@ async fn device_and_stream_secrets_open_a_tunnel_through_a_real_relay_and_agent(
         };
 
         // The relay trusts the operator's CA and token key (from the trust-anchor Secrets).
-        let (ca_cert, ca_key) = eventually(WAIT, || async {
-            Ok((
-                secret_value(&admin, &operator.ns, "tether-ca", "tls.crt").await?,
-                secret_value(&admin, &operator.ns, "tether-ca", "tls.key").await?,
-            ))
-        })
-        .await?;
-        let token_pub = eventually(WAIT, || secret_value(&admin, &operator.ns, "tether-token-key", "public.pem")).await?;
-        let ca = Ca::from_pem(&ca_cert, &ca_key)?;
-        let serving = ca.issue_server(&[DOMAIN.to_owned()], &[Ipv4Addr::LOCALHOST.into()], Duration::from_secs(86_400))?;
-        let files = tether_relay::TlsFiles {
-            cert: &write("relay.crt", &serving.cert_pem)?,
-            key: &write("relay.key", &serving.key_pem)?,
-            client_ca: &write("relay-ca.crt", &ca_cert)?,
-            token_public_key: &write("token.pub", &token_pub)?,
-        };
-        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let config = tether_relay::RelayConfig::load(
-            loopback,
-            loopback,
-            DOMAIN,
-            "test.tether",
-            files,
-            tether_relay::Limits::default(),
-        )?;
-        let relay = tether_relay::Relay::bind(config).await?;
-        let relay_addr = relay.local_addr();
-        let stop_relay = CancellationToken::new();
-        let relay_task = tokio::spawn(relay.run(stop_relay.clone()));
+        let relay = opsupport::TestRelay::start(&admin, &operator.ns, DOMAIN, dir.path()).await?;
+        let relay_addr = relay.addr;
 
         // The user path: a RelayPool (advertising the local relay), a Device, a DeviceStream.
         let op_ns = &operator.ns;
@@ -211,8 +184,7 @@ async fn device_and_stream_secrets_open_a_tunnel_through_a_real_relay_and_agent(
         drop(stream);
         stop_agent.cancel();
         let _ = agent_task.await;
-        stop_relay.cancel();
-        let _ = relay_task.await;
+        relay.stop().await;
         operator.stop().await
     })
     .await

@@ -5,7 +5,8 @@
 #   1. lint       cargo fmt --check, cargo clippy -D warnings
 #   2. unit+int   cargo test for every crate (proto parsers, relay/agent/cli in-process tunnels)
 #   3. e2e        real OpenSSH (ssh + scp) and curl through real relay/agent/tether binaries,
-#                 the agent behind an authenticating HTTP CONNECT proxy (scripts/e2e/ssh.sh)
+#                 the agent behind an authenticating HTTP CONNECT proxy (scripts/e2e/ssh.sh);
+#                 the userspace impairment wire's self-test (scripts/netem/wire.py)
 #   4. k8s        tests against a real etcd + kube-apiserver + controller-manager, kubectl and helm
 #                 built from the Go module proxy and cached outside the repo (scripts/test-k8s.sh)
 #   5. helm       Tether installed with helm on a real single-node cluster (kubelet, containerd,
@@ -109,7 +110,10 @@ unit_and_integration() {
 }
 
 e2e() {
-  cargo build --release --locked -p tether-cli -p tether-relay -p tether-agent &&
+  # The impairment wire (delay/loss/rate between namespaces; the kernel has no netem) checks
+  # itself first: the tests that rely on it are only as good as its impairment.
+  python3 scripts/netem/wire.py --self-test &&
+    cargo build --release --locked -p tether-cli -p tether-relay -p tether-agent &&
     TETHER_BIN_DIR="$ROOT/target/release" scripts/e2e/ssh.sh
 }
 

@@ -10,9 +10,9 @@ use crate::{Error, Result, args::KubeArgs};
 
 /// Field manager for server-side apply by the plugin.
 pub const FIELD_MANAGER: &str = "kubectl-tether";
-/// The shipped ClusterRole for people who open streams (deploy/rbac/).
+/// The shipped ClusterRole for people who open streams (chart: files/rbac/, deploy/rbac/).
 pub const STREAM_USER_ROLE: &str = "tether-stream-user";
-/// The shipped ClusterRole for people who enrol devices (deploy/rbac/).
+/// The shipped ClusterRole for people who enrol devices (chart: files/rbac/, deploy/rbac/).
 pub const DEVICE_ADMIN_ROLE: &str = "tether-device-admin";
 
 /// A connection to the cluster, in the namespace the user chose.

@@ -97,6 +97,12 @@ test_static_checks() {
   if out=$(HELM=$(command -v helm) "$ROOT/scripts/gen-deploy.sh" --check 2>&1); then
     pass "deploy/operator/ matches the chart"
   else fail "deploy/ drift: $out"; fi
+  # The PrometheusRule carries the rules promtool tests (obs suite) unchanged, {{ $labels }} and all.
+  if helm template t "$CHART" --set prometheusRule.enabled=true --show-only templates/prometheusrule.yaml |
+    python3 -c 'import sys, yaml; rendered = yaml.safe_load(sys.stdin); rules = yaml.safe_load(open(sys.argv[1]))
+assert rendered["kind"] == "PrometheusRule" and rendered["spec"] == rules, "rendered rules differ from the file"' \
+      "$CHART/rules/tether.rules.yaml"; then pass "prometheusRule.enabled renders rules/tether.rules.yaml unchanged"
+  else fail "the PrometheusRule template does not carry the rules file"; fi
   # The Dockerfile builds the same images: same entrypoint and user per binary.
   local n cfg
   for n in tether-operator tether-relay tether-agent; do

@@ -6,7 +6,8 @@
 #!
 #! What it proves:
 #!   * helm lint; the schema rejects a typo and a wrong type with a readable message;
-#!     deploy/operator/ is what the chart renders (no drift); the Dockerfile matches the images;
+#!     deploy/ is what the chart renders (no drift), the PrometheusRule carries the rules file;
+#!     the Dockerfile matches the images;
 #!   * helm install into a namespace enforcing the `restricted` Pod Security profile: the operator
 #!     pods become Ready and one holds the Lease; the RelayPool's StatefulSet pods become Ready and
 #!     the RelayPool status lists them; `helm template` | server-side dry-run with every toggle;

@@ -2,7 +2,14 @@
 //! preface, then an HTTP/2 server that answers keepalive PINGs and serves every stream with the
 //! [`target`](crate::target) protocol itself (no local dial), so thousands fit in the harness.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
@@ -16,12 +23,32 @@ use tether_proto::{
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
     task::JoinHandle,
 };
 
 /// Time allowed for TCP, TLS, the preface and the HTTP/2 handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(20);
+
+/// Loopback source addresses the devices are spread over. One source address has ~28,000
+/// ephemeral ports towards one relay address, so 100,000 devices need several; 16 also keeps
+/// each source well under the relay's per-source pending-handshake cap while filling up.
+const SOURCE_ADDRESSES: u32 = 16;
+
+/// Opens a TCP connection to `relay`, from the next of [`SOURCE_ADDRESSES`] loopback sources
+/// when the relay is on IPv4 loopback.
+async fn dial(relay: SocketAddr) -> std::io::Result<TcpStream> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    match relay {
+        SocketAddr::V4(v4) if v4.ip().is_loopback() => {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed) % SOURCE_ADDRESSES;
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::from((Ipv4Addr::new(127, 0, 1, 1 + n as u8), 0)))?;
+            socket.connect(relay).await
+        }
+        _ => TcpStream::connect(relay).await,
+    }
+}
 
 /// Connects `device` to the relay at `relay` with `tls`; the returned task serves the connection
 /// until it ends or is aborted.
@@ -34,7 +61,7 @@ pub async fn connect(
     tls: Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<JoinHandle<()>> {
     let conn = tokio::time::timeout(HANDSHAKE_LIMIT, async {
-        let tcp = TcpStream::connect(relay).await?;
+        let tcp = dial(relay).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(device.server_name(RELAY_DOMAIN))?;
         let mut tls = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;

@@ -23,6 +23,7 @@ use crate::{
     Shared,
     handshake::{Accepted, Failure, Tls, report},
     metrics::Side,
+    reason::Reason,
     registry::DeviceSession,
 };
 
@@ -84,7 +85,7 @@ async fn establish(shared: &Shared, accepted: Box<Accepted>) -> Option<Establish
         Err(_) => {
             report(
                 shared,
-                Failure::new(Side::Device, "handshake_timeout", "device preface"),
+                Failure::new(Side::Device, Reason::HandshakeTimeout, "device preface"),
             );
             return None;
         }
@@ -105,13 +106,13 @@ async fn establish(shared: &Shared, accepted: Box<Accepted>) -> Option<Establish
             conn: Box::pin(conn),
         }),
         Ok(Err(e)) => {
-            report(shared, Failure::new(Side::Device, "http2", e));
+            report(shared, Failure::new(Side::Device, Reason::Http2, e));
             None
         }
         Err(_) => {
             report(
                 shared,
-                Failure::new(Side::Device, "handshake_timeout", "HTTP/2 handshake"),
+                Failure::new(Side::Device, Reason::HandshakeTimeout, "HTTP/2 handshake"),
             );
             None
         }
@@ -132,7 +133,7 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
     let Some(ping_pong) = conn.ping_pong() else {
         return report(
             &shared,
-            Failure::new(Side::Internal, "internal", "h2 ping handle taken"),
+            Failure::new(Side::Internal, Reason::Internal, "h2 ping handle taken"),
         );
     };
     let id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
@@ -155,7 +156,7 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
             }
             Ok(None) => {}
             // Revoked between admission and now: never registered.
-            Err(e) => return report(&shared, Failure::new(Side::Device, "device_revoked", e)),
+            Err(e) => return report(&shared, Failure::new(Side::Device, Reason::DeviceRevoked, e)),
         }
         shared
             .metrics
@@ -201,7 +202,7 @@ async fn admit(
     sni_device: Result<DeviceKey, tether_proto::name::NameError>,
 ) -> Result<(DeviceKey, Preface), Failure> {
     let preface = read_preface(tls).await?;
-    let sni_device = sni_device.map_err(|e| Failure::new(Side::Device, "bad_sni", e))?;
+    let sni_device = sni_device.map_err(|e| Failure::new(Side::Device, Reason::BadSni, e))?;
     let leaf = tls
         .get_ref()
         .1
@@ -210,7 +211,7 @@ async fn admit(
         .ok_or_else(|| {
             Failure::new(
                 Side::Device,
-                "no_client_certificate",
+                Reason::NoClientCertificate,
                 "a device must present its client certificate",
             )
         })?;
@@ -224,7 +225,7 @@ async fn admit(
         [identity] => {
             return Err(Failure::new(
                 Side::Device,
-                "identity_mismatch",
+                Reason::IdentityMismatch,
                 format!(
                     "certificate identity {identity} does not match the device named by SNI, {sni_device}"
                 ),
@@ -233,7 +234,7 @@ async fn admit(
         _ => {
             return Err(Failure::new(
                 Side::Device,
-                "bad_identity",
+                Reason::BadIdentity,
                 format!(
                     "certificate must carry exactly one device identity spiffe://{trust_domain}/ns/<ns>/device/<name>"
                 ),
@@ -243,7 +244,7 @@ async fn admit(
     if shared.registry.is_device_revoked(&sni_device) {
         return Err(Failure::new(
             Side::Device,
-            "device_revoked",
+            Reason::DeviceRevoked,
             format!("device {sni_device} is revoked (disabled, deleted, or listed in the revocation file)"),
         ));
     }
@@ -256,30 +257,34 @@ async fn admit(
     .encode(&mut reply);
     tls.write_all(&reply)
         .await
-        .map_err(|e| Failure::new(Side::Device, "io", e))?;
+        .map_err(|e| Failure::new(Side::Device, Reason::Io, e))?;
     tls.flush()
         .await
-        .map_err(|e| Failure::new(Side::Device, "io", e))?;
+        .map_err(|e| Failure::new(Side::Device, Reason::Io, e))?;
     Ok((sni_device, preface))
 }
 
 /// Reads exactly the preface: the HTTP/2 bytes that follow must stay in the stream for h2.
 async fn read_preface(tls: &mut Tls) -> Result<Preface, Failure> {
-    let io = |e: std::io::Error| Failure::new(Side::Device, "io", e);
+    let io = |e: std::io::Error| Failure::new(Side::Device, Reason::Io, e);
     let mut buf = BytesMut::zeroed(tether_proto::preface::HEADER_LEN);
     tls.read_exact(&mut buf).await.map_err(io)?;
     let body_len = u16::from_be_bytes([buf[9], buf[10]]) as usize;
     // Validate magic, version and length before reading the body.
     if let Err(e) = Preface::decode(&mut buf.clone()) {
-        return Err(Failure::new(Side::Device, "bad_preface", e));
+        return Err(Failure::new(Side::Device, Reason::BadPreface, e));
     }
     let mut body = vec![0u8; body_len];
     tls.read_exact(&mut body).await.map_err(io)?;
     buf.extend_from_slice(&body);
     match Preface::decode(&mut buf) {
         Ok(Decoded::Complete(p)) => Ok(p),
-        Ok(Decoded::Incomplete) => Err(Failure::new(Side::Device, "bad_preface", "incomplete preface")),
-        Err(e) => Err(Failure::new(Side::Device, "bad_preface", e)),
+        Ok(Decoded::Incomplete) => Err(Failure::new(
+            Side::Device,
+            Reason::BadPreface,
+            "incomplete preface",
+        )),
+        Err(e) => Err(Failure::new(Side::Device, Reason::BadPreface, e)),
     }
 }
 

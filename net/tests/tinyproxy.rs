@@ -133,6 +133,9 @@ async fn dials_through_tinyproxy_on_ipv6_with_percent_encoded_basic_auth() {
     for (url, status) in [(url("Pa55-w.rd_y"), 401), (format!("http://[::1]:{port}"), 407)] {
         let bad = Proxy::parse(&url, "").unwrap();
         let err = dial("127.0.0.1", target_port, Some(&bad)).await.unwrap_err();
-        assert!(err.to_string().contains(&format!("HTTP {status}")), "{url}: {err}");
+        assert!(
+            err.to_string().contains(&format!("HTTP {status}")),
+            "{url}: {err}"
+        );
     }
 }

@@ -1,10 +1,7 @@
 //! Device connections: identity from the verified client certificate, the preface exchange, then a
 //! long-lived HTTP/2 session (relay = client) kept alive by PING and registered by device key.
 
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use bytes::BytesMut;
 use tether_net::{h2io, tls::uri_sans};
@@ -167,13 +164,13 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
         if let Some(board) = &shared.status {
             board.device(&device, true, &agent_version);
         }
-        let keepalive = keepalive(ping_pong, limits.keepalive_interval, limits.keepalive_timeout);
+        let keepalive = h2io::keepalive(ping_pong, limits.keepalive_interval, limits.keepalive_timeout);
         let why = tokio::select! {
             res = &mut conn => match res {
                 Ok(()) => "connection closed".to_owned(),
                 Err(e) => format!("connection error: {e}"),
             },
-            dead = keepalive => dead,
+            dead = keepalive => dead.to_string(),
             _ = closed.cancelled() => "session replaced or revoked, or relay stopping".to_owned(),
         };
         let was_current = shared.registry.remove(&device, id);
@@ -267,16 +264,13 @@ async fn admit(
 /// Reads exactly the preface: the HTTP/2 bytes that follow must stay in the stream for h2.
 async fn read_preface(tls: &mut Tls) -> Result<Preface, Failure> {
     let io = |e: std::io::Error| Failure::new(Side::Device, Reason::Io, e);
-    let mut buf = BytesMut::zeroed(tether_proto::preface::HEADER_LEN);
-    tls.read_exact(&mut buf).await.map_err(io)?;
-    let body_len = u16::from_be_bytes([buf[9], buf[10]]) as usize;
-    // Validate magic, version and length before reading the body.
-    if let Err(e) = Preface::decode(&mut buf.clone()) {
-        return Err(Failure::new(Side::Device, Reason::BadPreface, e));
-    }
-    let mut body = vec![0u8; body_len];
-    tls.read_exact(&mut body).await.map_err(io)?;
-    buf.extend_from_slice(&body);
+    let mut header = [0u8; tether_proto::preface::HEADER_LEN];
+    tls.read_exact(&mut header).await.map_err(io)?;
+    // Validates magic, version and length before reading the body.
+    let total = Preface::frame_len(&header).map_err(|e| Failure::new(Side::Device, Reason::BadPreface, e))?;
+    let mut buf = BytesMut::zeroed(total);
+    buf[..header.len()].copy_from_slice(&header);
+    tls.read_exact(&mut buf[header.len()..]).await.map_err(io)?;
     match Preface::decode(&mut buf) {
         Ok(Decoded::Complete(p)) => Ok(p),
         Ok(Decoded::Incomplete) => Err(Failure::new(
@@ -285,18 +279,5 @@ async fn read_preface(tls: &mut Tls) -> Result<Preface, Failure> {
             "incomplete preface",
         )),
         Err(e) => Err(Failure::new(Side::Device, Reason::BadPreface, e)),
-    }
-}
-
-/// Pings every `interval`; returns why the peer is considered dead.
-async fn keepalive(mut ping_pong: h2::PingPong, interval: Duration, timeout: Duration) -> String {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    loop {
-        ticker.tick().await;
-        match tokio::time::timeout(timeout, ping_pong.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(e)) => return format!("keepalive failed: {e}"),
-            Err(_) => return format!("keepalive: no PING answer within {timeout:?}"),
-        }
     }
 }

@@ -271,7 +271,9 @@ mod tests {
             .chain(Cut::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>().iter())
         {
             assert!(
-                label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
                 "{label}"
             );
         }
@@ -282,7 +284,10 @@ mod tests {
     fn protocol_doc_lists_every_refusal_under_its_status() {
         let text = doc("protocol.md");
         // §3 only: §2 has the agent's own refusal table.
-        let section = text.split("\n## ").find(|s| s.starts_with("3.")).expect("protocol.md §3");
+        let section = text
+            .split("\n## ")
+            .find(|s| s.starts_with("3."))
+            .expect("protocol.md §3");
         let mut documented = BTreeSet::new();
         for line in section.lines() {
             let mut cells = line.split('|').map(str::trim).skip(1);

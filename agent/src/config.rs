@@ -477,12 +477,8 @@ impl Config {
             return Err(invalid("relay", "expected host:port with a non-zero port"));
         }
         // The relay domain is a DNS suffix under which device names become SNI labels.
-        let domain_ok = !self.relay_domain.is_empty()
-            && self.relay_domain.len() <= 200
-            && self.relay_domain.split('.').all(|l| {
-                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !domain_ok {
+        // The relay's own rule (its domain must match this one exactly).
+        if tether_proto::name::validate_dns_name("relay-domain", &self.relay_domain).is_err() {
             return Err(invalid(
                 "relay-domain",
                 format!("{:?} is not a DNS name", self.relay_domain),

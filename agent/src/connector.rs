@@ -236,27 +236,23 @@ impl Connector {
 
         // Read the reply byte-exactly (header, then the announced body) so that not one byte of
         // the HTTP/2 connection that follows is consumed here.
-        let mut buf = BytesMut::zeroed(HEADER_LEN);
-        stream.read_exact(&mut buf).await.map_err(tls_err)?;
+        let mut header = [0u8; HEADER_LEN];
+        stream.read_exact(&mut header).await.map_err(tls_err)?;
         let preface_err = |source| ConnectError::Preface {
             addr: self.addr.clone(),
             source,
         };
-        let reply = loop {
-            match PrefaceReply::decode(&mut buf).map_err(preface_err)? {
-                Decoded::Complete(reply) => break reply,
-                Decoded::Incomplete => {
-                    // The header is complete and validated (magic, version, length ≤ limit), so
-                    // exactly the body remains.
-                    let body_len = usize::from(u16::from_be_bytes([buf[9], buf[10]]));
-                    let have = buf.len();
-                    if have >= HEADER_LEN + body_len {
-                        // Unreachable with a consistent decoder; fail rather than loop.
-                        return Err(preface_err(PrefaceError::BadBody("inconsistent length".into())));
-                    }
-                    buf.resize(HEADER_LEN + body_len, 0);
-                    stream.read_exact(&mut buf[have..]).await.map_err(tls_err)?;
-                }
+        let total = PrefaceReply::frame_len(&header).map_err(preface_err)?;
+        let mut buf = BytesMut::zeroed(total);
+        buf[..HEADER_LEN].copy_from_slice(&header);
+        stream.read_exact(&mut buf[HEADER_LEN..]).await.map_err(tls_err)?;
+        let reply = match PrefaceReply::decode(&mut buf).map_err(preface_err)? {
+            Decoded::Complete(reply) => reply,
+            // The whole announced frame is in `buf`.
+            Decoded::Incomplete => {
+                return Err(preface_err(PrefaceError::BadBody(
+                    "incomplete preface reply".into(),
+                )));
             }
         };
         if !reply.accepted {

@@ -11,8 +11,6 @@ use tracing_subscriber::EnvFilter;
 
 /// `EX_USAGE` from sysexits.h: the configuration is wrong; retrying will not help.
 const EXIT_USAGE: u8 = 64;
-/// Exit code after a second signal (128 + SIGINT), as shells report an interrupted program.
-const EXIT_INTERRUPTED: i32 = 130;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -60,49 +58,14 @@ fn serve(agent: Agent) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        agent.run(shutdown).await.context("agent failed")
-    })
-}
-
-/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    let mut count = 0;
-    loop {
-        let name = match next_signal().await {
-            Ok(name) => name,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for signals; stop the agent with SIGKILL");
-                return;
-            }
-        };
-        count += 1;
-        if count == 1 {
+        let first = shutdown.clone();
+        tokio::spawn(tether_net::signal::drain_then_exit(move |signal| {
             tracing::info!(
-                signal = name,
+                signal,
                 "shutting down: draining streams (signal again to exit at once)"
             );
-            shutdown.cancel();
-        } else {
-            tracing::warn!(signal = name, "second signal: exiting now");
-            std::process::exit(EXIT_INTERRUPTED);
-        }
-    }
-}
-
-#[cfg(unix)]
-async fn next_signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    // Re-registering per call is cheap and keeps this function self-contained.
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+            first.cancel();
+        }));
+        agent.run(shutdown).await.context("agent failed")
     })
-}
-
-#[cfg(not(unix))]
-async fn next_signal() -> std::io::Result<&'static str> {
-    tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
 }

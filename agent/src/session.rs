@@ -5,10 +5,9 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use h2::{Ping, PingPong};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    time::{sleep, timeout},
+    time::timeout,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, warn};
@@ -62,7 +61,7 @@ where
         _ = shutdown.cancelled() => return SessionEnd::Shutdown,
     };
     let keepalive = match conn.ping_pong() {
-        Some(pp) => keepalive(pp, settings.keepalive_interval, settings.keepalive_timeout),
+        Some(pp) => tether_net::h2io::keepalive(pp, settings.keepalive_interval, settings.keepalive_timeout),
         // `ping_pong()` hands its handle out once; this is the first call, so it is present.
         None => return SessionEnd::Lost("HTTP/2 ping handle unavailable".into()),
     };
@@ -94,7 +93,7 @@ where
                 Some(Err(e)) => return SessionEnd::Lost(describe_h2(&e)),
                 None => return SessionEnd::Closed,
             },
-            reason = &mut keepalive => return SessionEnd::Lost(reason),
+            dead = &mut keepalive => return SessionEnd::Lost(format!("relay: {dead}")),
             _ = shutdown.cancelled() => break,
         }
     }
@@ -126,19 +125,6 @@ fn is_reconnect<B>(req: &http::Request<B>) -> bool {
     req.headers()
         .get(tether_proto::HEADER_CONTROL)
         .is_some_and(|v| v.as_bytes() == tether_proto::CONTROL_RECONNECT.as_bytes())
-}
-
-/// Sends a PING every `interval` and resolves with a reason once one goes unanswered for
-/// `ack_timeout` (or the connection fails). Needs the connection to be polled concurrently.
-async fn keepalive(mut pp: PingPong, interval: Duration, ack_timeout: Duration) -> String {
-    loop {
-        sleep(interval).await;
-        match timeout(ack_timeout, pp.ping(Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(e)) => return format!("keepalive PING failed: {e}"),
-            Err(_) => return format!("relay did not answer a keepalive PING within {ack_timeout:?}"),
-        }
-    }
 }
 
 fn describe_h2(e: &h2::Error) -> String {

@@ -6,13 +6,14 @@
 use std::time::Duration;
 
 use base64::Engine;
+use percent_encoding::percent_decode_str;
 use tether_proto::head::{Parsed, parse_response};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     time::timeout,
 };
-use url::Url;
+use url::{Host, Url};
 
 /// Time allowed for the TCP connect and, when proxied, the proxy's answer.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,17 +21,19 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// An HTTP proxy to tunnel through.
 #[derive(Clone)]
 pub struct Proxy {
-    host: String,
+    /// A name, or an IP address (an IPv6 one without the URL's brackets).
+    host: Host<String>,
     port: u16,
-    /// `user:password` for `Proxy-Authorization: Basic`, if any. Secret.
-    credentials: Option<String>,
+    /// `user:password` for `Proxy-Authorization: Basic`, if any: bytes, as RFC 7617 leaves the
+    /// charset to the two sides and a percent-escape may spell any byte. Secret.
+    credentials: Option<Vec<u8>>,
     no_proxy: Vec<String>,
 }
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Proxy")
-            .field("host", &self.host)
+            .field("host", &self.host.to_string())
             .field("port", &self.port)
             .field("credentials", &self.credentials.as_ref().map(|_| "MASKED"))
             .field("no_proxy", &self.no_proxy)
@@ -56,15 +59,20 @@ impl Proxy {
                 parsed.scheme()
             )));
         }
+        // The host enum, not `host_str()`: that keeps an IPv6 address's brackets, which
+        // `TcpStream::connect` cannot resolve.
         let host = parsed
-            .host_str()
+            .host()
             .ok_or_else(|| ProxyError("no host".into()))?
             .to_owned();
         let port = parsed.port().unwrap_or(80);
+        // Userinfo is percent-encoded (RFC 3986 §3.2.1): `+` and `&` are literal there, unlike
+        // in a form body, so this must not be form decoding.
         let credentials = (!parsed.username().is_empty()).then(|| {
-            let user = percent_decode(parsed.username());
-            let pass = percent_decode(parsed.password().unwrap_or(""));
-            format!("{user}:{pass}")
+            let mut creds: Vec<u8> = percent_decode_str(parsed.username()).collect();
+            creds.push(b':');
+            creds.extend(percent_decode_str(parsed.password().unwrap_or("")));
+            creds
         });
         let no_proxy = no_proxy
             .split(',')
@@ -97,12 +105,6 @@ impl Proxy {
             .iter()
             .any(|n| n == "*" || host == *n || host.ends_with(&format!(".{n}")))
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(s.as_bytes())
-        .map(|(k, v)| format!("{k}{v}"))
-        .collect::<String>()
 }
 
 /// Opens a TCP connection to `host:port`, through `proxy` unless `NO_PROXY` exempts the host.
@@ -148,7 +150,11 @@ fn timed_out(host: &str, port: u16) -> std::io::Error {
 }
 
 async fn via_proxy(proxy: &Proxy, host: &str, port: u16) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect((proxy.host.as_str(), proxy.port)).await?;
+    let mut stream = match &proxy.host {
+        Host::Domain(name) => TcpStream::connect((name.as_str(), proxy.port)).await?,
+        Host::Ipv4(ip) => TcpStream::connect((*ip, proxy.port)).await?,
+        Host::Ipv6(ip) => TcpStream::connect((*ip, proxy.port)).await?,
+    };
     let target = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -195,12 +201,70 @@ mod tests {
     #[test]
     fn parses_proxy_urls() {
         let p = Proxy::parse("http://us%40er:p%3Ass@proxy.local:3128", "localhost, .internal").unwrap();
-        assert_eq!((p.host.as_str(), p.port), ("proxy.local", 3128));
-        assert_eq!(p.credentials.as_deref(), Some("us@er:p:ss"));
+        assert_eq!((p.host.to_string().as_str(), p.port), ("proxy.local", 3128));
+        assert_eq!(p.credentials.as_deref(), Some(&b"us@er:p:ss"[..]));
         assert!(p.bypasses("localhost") && p.bypasses("relay.internal") && !p.bypasses("relay.example.com"));
         assert!(!format!("{p:?}").contains("p:ss"));
         assert!(Proxy::parse("socks5://x:1", "").is_err());
         assert!(Proxy::parse("not a url", "").is_err());
+    }
+
+    /// `+` and `&` are literal in userinfo (form decoding made `+` a space and split at `&`);
+    /// `%25` is `%`; a `:` after the first belongs to the password.
+    #[test]
+    fn credentials_are_percent_decoded_not_form_decoded() {
+        let p = Proxy::parse("http://a+b&c:p+ss&w%25rd:x%3Ay@proxy.local:3128", "").unwrap();
+        assert_eq!(p.credentials.as_deref(), Some(&b"a+b&c:p+ss&w%rd:x:y"[..]));
+        // A percent-escape may spell a byte that is not UTF-8; it is sent as that byte.
+        let p = Proxy::parse("http://u:%FF@proxy.local:1", "").unwrap();
+        assert_eq!(p.credentials.as_deref(), Some(&b"u:\xff"[..]));
+        let p = Proxy::parse("http://proxy.local:1", "").unwrap();
+        assert_eq!(p.credentials, None);
+    }
+
+    #[test]
+    fn ip_proxy_addresses_lose_their_brackets() {
+        let p = Proxy::parse("http://[::1]:3128", "").unwrap();
+        assert_eq!(p.host, Host::<String>::Ipv6(std::net::Ipv6Addr::LOCALHOST));
+        assert_eq!(p.host.to_string(), "[::1]");
+        let p = Proxy::parse("http://127.0.0.1:3128", "").unwrap();
+        assert_eq!(p.host, Host::<String>::Ipv4(std::net::Ipv4Addr::LOCALHOST));
+        assert_eq!(Proxy::parse("http://[::1]", "").unwrap().port, 80);
+    }
+
+    /// Through a proxy listening on `[::1]` only, the exact `Proxy-Authorization` bytes for a
+    /// password with every character form decoding mangled.
+    #[tokio::test]
+    async fn tunnels_through_an_ipv6_proxy_with_special_characters_in_the_password() {
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_port = target.local_addr().unwrap().port();
+        let proxy = TcpListener::bind("[::1]:0").await.unwrap();
+        let proxy_port = proxy.local_addr().unwrap().port();
+        let expected = base64::engine::general_purpose::STANDARD.encode("u:p+ss&w%rd:x");
+        let checked = tokio::spawn(async move {
+            let (mut client, _) = proxy.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(client.read_u8().await.unwrap());
+            }
+            let head = String::from_utf8(head).unwrap();
+            let mut upstream = TcpStream::connect(("127.0.0.1", target_port)).await.unwrap();
+            client.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            tokio::spawn(async move { tokio::io::copy_bidirectional(&mut client, &mut upstream).await });
+            head
+        });
+        let p = Proxy::parse(&format!("http://u:p+ss&w%25rd%3Ax@[::1]:{proxy_port}"), "").unwrap();
+        let mut s = dial("127.0.0.1", target_port, Some(&p)).await.unwrap();
+        let head = checked.await.unwrap();
+        assert!(
+            head.contains(&format!("\r\nProxy-Authorization: Basic {expected}\r\n")),
+            "{head}"
+        );
+        let (mut t, _) = target.accept().await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        t.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! * [`dial`]: outbound TCP, directly or through an HTTP `CONNECT` proxy (`HTTPS_PROXY`).
 //! * `admin` (feature `admin`): the `/metrics`, `/ready`, `/live` server of relays, the operator and
 //!   (feature `metrics`) the agent.
+//! * [`signal`]: SIGTERM/SIGINT as a graceful shutdown, a second signal as an exit.
 //! * [`telemetry`]: the binaries' log subscriber and, with feature `otel`, OTLP trace export
 //!   configured by the standard `OTEL_*` variables; W3C `traceparent` helpers.
 //!
@@ -22,6 +23,7 @@ pub mod dial;
 pub mod h2io;
 pub mod pki;
 pub mod rewind;
+pub mod signal;
 pub mod telemetry;
 pub mod tls;
 

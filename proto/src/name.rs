@@ -8,7 +8,8 @@ use std::fmt;
 
 /// Longest DNS label (RFC 1035 §2.3.4).
 pub const MAX_LABEL_LEN: usize = 63;
-/// Longest DNS name we accept in SNI (RFC 1035: 255 octets on the wire, 253 in text).
+/// Longest DNS name in text form (RFC 1035 §2.3.4: 255 octets on the wire, which is 253
+/// characters written with dots and no trailing dot). Applies to SNI and to a configured domain.
 pub const MAX_DNS_NAME_LEN: usize = 253;
 
 /// Why a name was rejected.
@@ -46,9 +47,43 @@ pub enum NameError {
     /// The SNI is longer than a DNS name can be.
     #[error("server name is {0} characters, longer than a DNS name")]
     TooLong(usize),
+    /// A configured domain is not a DNS name.
+    #[error(
+        "{what} {value:?} is not a DNS name: 1-{MAX_DNS_NAME_LEN} characters of dot-separated labels (lower-case letters, digits, inner '-')"
+    )]
+    BadDnsName {
+        /// Which setting.
+        what: &'static str,
+        /// The offending value (bounded in length).
+        value: String,
+    },
     /// The certificate's URI SAN is not a Tether device identity.
     #[error("identity {0:?} is not spiffe://<trust-domain>/ns/<namespace>/device/<name>")]
     BadIdentity(String),
+}
+
+/// Checks that `value` is a DNS name of RFC 1123 labels (a relay or trust domain), naming `what`
+/// in the error.
+///
+/// The limit is the whole name's, [`MAX_DNS_NAME_LEN`]: a device's SNI
+/// `<name>.<namespace>.<domain>` must fit in it too, but that depends on the device and is
+/// checked per name ([`DeviceKey::from_server_name`]; rustls on the client side), so no smaller
+/// guess for the domain alone is right for every device.
+///
+/// # Errors
+/// [`NameError::BadDnsName`].
+pub fn validate_dns_name(what: &'static str, value: &str) -> Result<(), NameError> {
+    let valid = !value.is_empty()
+        && value.len() <= MAX_DNS_NAME_LEN
+        && value.split('.').all(|l| validate_dns_label(what, l).is_ok());
+    if valid {
+        Ok(())
+    } else {
+        Err(NameError::BadDnsName {
+            what,
+            value: value.chars().take(MAX_DNS_NAME_LEN + 1).collect(),
+        })
+    }
 }
 
 /// Checks that `value` is an RFC 1123 DNS label, naming `what` in the error.
@@ -194,6 +229,36 @@ mod tests {
         }
         for bad in ["", "-a", "a-", "A", "a.b", "a_b", "ü", &"x".repeat(64)] {
             assert!(validate_dns_label("n", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// 253 characters is the text form's limit (RFC 1035 §2.3.4), for a domain as for an SNI.
+    #[test]
+    fn dns_names() {
+        let label = "x".repeat(63);
+        let at_limit = format!("{label}.{label}.{label}.{}", "y".repeat(61));
+        assert_eq!(at_limit.len(), MAX_DNS_NAME_LEN);
+        for ok in ["local", "tether.local", "relay-1.example.com", at_limit.as_str()] {
+            validate_dns_name("domain", ok).unwrap();
+        }
+        let over = format!("{at_limit}z");
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "tether.local.",
+            "Tether.local",
+            "-a.b",
+            "a_b.c",
+            over.as_str(),
+        ] {
+            assert!(
+                matches!(
+                    validate_dns_name("domain", bad),
+                    Err(NameError::BadDnsName { what: "domain", .. })
+                ),
+                "{bad:?} accepted"
+            );
         }
     }
 

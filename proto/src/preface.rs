@@ -107,11 +107,9 @@ fn encode<T: Serialize>(magic: &[u8; 8], msg: &T, dst: &mut BytesMut) {
     dst.put_slice(&body);
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(
-    magic: &[u8; 8],
-    src: &mut BytesMut,
-) -> Result<Decoded<T>, PrefaceError> {
-    // Check the magic on whatever prefix has arrived, so garbage fails without waiting.
+/// Checks the header at the front of `src` (magic on whatever prefix has arrived, so garbage
+/// fails without waiting) and returns the body length once the header is complete.
+fn body_len(magic: &[u8; 8], src: &[u8]) -> Result<Decoded<usize>, PrefaceError> {
     let seen = src.len().min(magic.len());
     if src[..seen] != magic[..seen] {
         return Err(PrefaceError::BadMagic);
@@ -127,6 +125,26 @@ fn decode<T: for<'de> Deserialize<'de>>(
     if len > MAX_BODY_LEN {
         return Err(PrefaceError::TooLarge(len));
     }
+    Ok(Decoded::Complete(len))
+}
+
+/// The whole frame's length announced by a complete header, for a reader that must take
+/// exactly the frame off a stream (the HTTP/2 bytes behind it are not its to consume).
+fn frame_len(magic: &[u8; 8], header: &[u8; HEADER_LEN]) -> Result<usize, PrefaceError> {
+    match body_len(magic, header)? {
+        Decoded::Complete(len) => Ok(HEADER_LEN + len),
+        // A full header is never incomplete.
+        Decoded::Incomplete => Err(PrefaceError::BadBody("incomplete header".into())),
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    magic: &[u8; 8],
+    src: &mut BytesMut,
+) -> Result<Decoded<T>, PrefaceError> {
+    let Decoded::Complete(len) = body_len(magic, src)? else {
+        return Ok(Decoded::Incomplete);
+    };
     if src.len() < HEADER_LEN + len {
         return Ok(Decoded::Incomplete);
     }
@@ -152,6 +170,14 @@ impl Preface {
             validate_agent_version(&p.agent_version)?;
         }
         Ok(decoded)
+    }
+
+    /// The length of the preface frame (header and body) that `header` announces.
+    ///
+    /// # Errors
+    /// Bad magic, another version, or a body over [`MAX_BODY_LEN`].
+    pub fn frame_len(header: &[u8; HEADER_LEN]) -> Result<usize, PrefaceError> {
+        frame_len(AGENT_MAGIC, header)
     }
 }
 
@@ -179,6 +205,14 @@ impl PrefaceReply {
     /// Bad magic, another version, an oversized or malformed body.
     pub fn decode(src: &mut BytesMut) -> Result<Decoded<Self>, PrefaceError> {
         decode(RELAY_MAGIC, src)
+    }
+
+    /// The length of the reply frame (header and body) that `header` announces.
+    ///
+    /// # Errors
+    /// Bad magic, another version, or a body over [`MAX_BODY_LEN`].
+    pub fn frame_len(header: &[u8; HEADER_LEN]) -> Result<usize, PrefaceError> {
+        frame_len(RELAY_MAGIC, header)
     }
 }
 
@@ -218,6 +252,28 @@ mod tests {
         reply.encode(&mut wire);
         assert_eq!(PrefaceReply::decode(&mut wire).unwrap(), Decoded::Complete(reply));
         assert!(wire.is_empty());
+    }
+
+    #[test]
+    fn frame_len_is_read_from_a_checked_header() {
+        let mut wire = BytesMut::new();
+        sample().encode(&mut wire);
+        let header: [u8; HEADER_LEN] = wire[..HEADER_LEN].try_into().unwrap();
+        assert_eq!(Preface::frame_len(&header), Ok(wire.len()));
+        // The reply's magic differs: an agent's preface is not a reply.
+        assert_eq!(PrefaceReply::frame_len(&header), Err(PrefaceError::BadMagic));
+        let mut big = header;
+        big[9..11].copy_from_slice(&((MAX_BODY_LEN + 1) as u16).to_be_bytes());
+        assert_eq!(
+            Preface::frame_len(&big),
+            Err(PrefaceError::TooLarge(MAX_BODY_LEN + 1))
+        );
+        let mut other = header;
+        other[8] = VERSION + 1;
+        assert_eq!(
+            Preface::frame_len(&other),
+            Err(PrefaceError::UnsupportedVersion { got: VERSION + 1 })
+        );
     }
 
     #[test]

@@ -121,22 +121,6 @@ pub enum TokenError {
     InvalidClaims(String),
 }
 
-impl TokenError {
-    /// A stable low-cardinality label for logs and metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::TooLarge => "token_too_large",
-            Self::Malformed(_) => "token_malformed",
-            Self::UnsupportedAlgorithm => "token_algorithm",
-            Self::BadSignature => "token_signature",
-            Self::Expired { .. } => "token_expired",
-            Self::NotYetValid { .. } => "token_not_yet_valid",
-            Self::WrongAudience { .. } => "token_audience",
-            Self::InvalidClaims(_) => "token_claims",
-        }
-    }
-}
-
 /// Why a key could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid Ed25519 {kind} key: {detail}")]

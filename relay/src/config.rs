@@ -158,11 +158,7 @@ impl RelayConfig {
         limits: Limits,
     ) -> Result<Self, ConfigError> {
         for (what, value) in [("relay domain", relay_domain), ("trust domain", trust_domain)] {
-            let valid = !value.is_empty()
-                && value.len() <= 253
-                && value
-                    .split('.')
-                    .all(|l| tether_proto::name::validate_dns_label("label", l).is_ok());
+            let valid = tether_proto::name::validate_dns_name(what, value).is_ok();
             if !valid {
                 return Err(ConfigError::BadDomain {
                     what,

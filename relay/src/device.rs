@@ -1,10 +1,7 @@
 //! Device connections: identity from the verified client certificate, the preface exchange, then a
 //! long-lived HTTP/2 session (relay = client) kept alive by PING and registered by device key.
 
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::sync::{Arc, atomic::Ordering};
 
 use bytes::BytesMut;
 use tether_net::{h2io, tls::uri_sans};
@@ -23,6 +20,7 @@ use crate::{
     Shared,
     handshake::{Accepted, Failure, Tls, report},
     metrics::Side,
+    reason::Reason,
     registry::DeviceSession,
 };
 
@@ -84,7 +82,7 @@ async fn establish(shared: &Shared, accepted: Box<Accepted>) -> Option<Establish
         Err(_) => {
             report(
                 shared,
-                Failure::new(Side::Device, "handshake_timeout", "device preface"),
+                Failure::new(Side::Device, Reason::HandshakeTimeout, "device preface"),
             );
             return None;
         }
@@ -105,13 +103,13 @@ async fn establish(shared: &Shared, accepted: Box<Accepted>) -> Option<Establish
             conn: Box::pin(conn),
         }),
         Ok(Err(e)) => {
-            report(shared, Failure::new(Side::Device, "http2", e));
+            report(shared, Failure::new(Side::Device, Reason::Http2, e));
             None
         }
         Err(_) => {
             report(
                 shared,
-                Failure::new(Side::Device, "handshake_timeout", "HTTP/2 handshake"),
+                Failure::new(Side::Device, Reason::HandshakeTimeout, "HTTP/2 handshake"),
             );
             None
         }
@@ -132,7 +130,7 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
     let Some(ping_pong) = conn.ping_pong() else {
         return report(
             &shared,
-            Failure::new(Side::Internal, "internal", "h2 ping handle taken"),
+            Failure::new(Side::Internal, Reason::Internal, "h2 ping handle taken"),
         );
     };
     let id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
@@ -155,7 +153,7 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
             }
             Ok(None) => {}
             // Revoked between admission and now: never registered.
-            Err(e) => return report(&shared, Failure::new(Side::Device, "device_revoked", e)),
+            Err(e) => return report(&shared, Failure::new(Side::Device, Reason::DeviceRevoked, e)),
         }
         shared
             .metrics
@@ -166,13 +164,13 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
         if let Some(board) = &shared.status {
             board.device(&device, true, &agent_version);
         }
-        let keepalive = keepalive(ping_pong, limits.keepalive_interval, limits.keepalive_timeout);
+        let keepalive = h2io::keepalive(ping_pong, limits.keepalive_interval, limits.keepalive_timeout);
         let why = tokio::select! {
             res = &mut conn => match res {
                 Ok(()) => "connection closed".to_owned(),
                 Err(e) => format!("connection error: {e}"),
             },
-            dead = keepalive => dead,
+            dead = keepalive => dead.to_string(),
             _ = closed.cancelled() => "session replaced or revoked, or relay stopping".to_owned(),
         };
         let was_current = shared.registry.remove(&device, id);
@@ -201,7 +199,7 @@ async fn admit(
     sni_device: Result<DeviceKey, tether_proto::name::NameError>,
 ) -> Result<(DeviceKey, Preface), Failure> {
     let preface = read_preface(tls).await?;
-    let sni_device = sni_device.map_err(|e| Failure::new(Side::Device, "bad_sni", e))?;
+    let sni_device = sni_device.map_err(|e| Failure::new(Side::Device, Reason::BadSni, e))?;
     let leaf = tls
         .get_ref()
         .1
@@ -210,7 +208,7 @@ async fn admit(
         .ok_or_else(|| {
             Failure::new(
                 Side::Device,
-                "no_client_certificate",
+                Reason::NoClientCertificate,
                 "a device must present its client certificate",
             )
         })?;
@@ -224,7 +222,7 @@ async fn admit(
         [identity] => {
             return Err(Failure::new(
                 Side::Device,
-                "identity_mismatch",
+                Reason::IdentityMismatch,
                 format!(
                     "certificate identity {identity} does not match the device named by SNI, {sni_device}"
                 ),
@@ -233,7 +231,7 @@ async fn admit(
         _ => {
             return Err(Failure::new(
                 Side::Device,
-                "bad_identity",
+                Reason::BadIdentity,
                 format!(
                     "certificate must carry exactly one device identity spiffe://{trust_domain}/ns/<ns>/device/<name>"
                 ),
@@ -243,7 +241,7 @@ async fn admit(
     if shared.registry.is_device_revoked(&sni_device) {
         return Err(Failure::new(
             Side::Device,
-            "device_revoked",
+            Reason::DeviceRevoked,
             format!("device {sni_device} is revoked (disabled, deleted, or listed in the revocation file)"),
         ));
     }
@@ -256,42 +254,30 @@ async fn admit(
     .encode(&mut reply);
     tls.write_all(&reply)
         .await
-        .map_err(|e| Failure::new(Side::Device, "io", e))?;
+        .map_err(|e| Failure::new(Side::Device, Reason::Io, e))?;
     tls.flush()
         .await
-        .map_err(|e| Failure::new(Side::Device, "io", e))?;
+        .map_err(|e| Failure::new(Side::Device, Reason::Io, e))?;
     Ok((sni_device, preface))
 }
 
 /// Reads exactly the preface: the HTTP/2 bytes that follow must stay in the stream for h2.
 async fn read_preface(tls: &mut Tls) -> Result<Preface, Failure> {
-    let io = |e: std::io::Error| Failure::new(Side::Device, "io", e);
-    let mut buf = BytesMut::zeroed(tether_proto::preface::HEADER_LEN);
-    tls.read_exact(&mut buf).await.map_err(io)?;
-    let body_len = u16::from_be_bytes([buf[9], buf[10]]) as usize;
-    // Validate magic, version and length before reading the body.
-    if let Err(e) = Preface::decode(&mut buf.clone()) {
-        return Err(Failure::new(Side::Device, "bad_preface", e));
-    }
-    let mut body = vec![0u8; body_len];
-    tls.read_exact(&mut body).await.map_err(io)?;
-    buf.extend_from_slice(&body);
+    let io = |e: std::io::Error| Failure::new(Side::Device, Reason::Io, e);
+    let mut header = [0u8; tether_proto::preface::HEADER_LEN];
+    tls.read_exact(&mut header).await.map_err(io)?;
+    // Validates magic, version and length before reading the body.
+    let total = Preface::frame_len(&header).map_err(|e| Failure::new(Side::Device, Reason::BadPreface, e))?;
+    let mut buf = BytesMut::zeroed(total);
+    buf[..header.len()].copy_from_slice(&header);
+    tls.read_exact(&mut buf[header.len()..]).await.map_err(io)?;
     match Preface::decode(&mut buf) {
         Ok(Decoded::Complete(p)) => Ok(p),
-        Ok(Decoded::Incomplete) => Err(Failure::new(Side::Device, "bad_preface", "incomplete preface")),
-        Err(e) => Err(Failure::new(Side::Device, "bad_preface", e)),
-    }
-}
-
-/// Pings every `interval`; returns why the peer is considered dead.
-async fn keepalive(mut ping_pong: h2::PingPong, interval: Duration, timeout: Duration) -> String {
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    loop {
-        ticker.tick().await;
-        match tokio::time::timeout(timeout, ping_pong.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(e)) => return format!("keepalive failed: {e}"),
-            Err(_) => return format!("keepalive: no PING answer within {timeout:?}"),
-        }
+        Ok(Decoded::Incomplete) => Err(Failure::new(
+            Side::Device,
+            Reason::BadPreface,
+            "incomplete preface",
+        )),
+        Err(e) => Err(Failure::new(Side::Device, Reason::BadPreface, e)),
     }
 }

@@ -22,6 +22,7 @@ use crate::{
     Shared,
     handshake::{self, Origin},
     metrics::Side,
+    reason::{ForwardFailure, Reason},
     splice::{Activity, Metered},
 };
 
@@ -48,12 +49,16 @@ pub(crate) async fn to_owner(
     let upstream = match timeout(DIAL_TIMEOUT, dial(peer, shared)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            m.forward_failures.with_label_values(&["dial"]).inc();
+            m.forward_failures
+                .with_label_values(&[ForwardFailure::Dial.as_str()])
+                .inc();
             tracing::warn!(%owner, %peer, error = %e, "cannot reach the owning relay");
             return Err((tcp, peeked));
         }
         Err(_) => {
-            m.forward_failures.with_label_values(&["dial_timeout"]).inc();
+            m.forward_failures
+                .with_label_values(&[ForwardFailure::DialTimeout.as_str()])
+                .inc();
             tracing::warn!(%owner, %peer, "dialling the owning relay timed out");
             return Err((tcp, peeked));
         }
@@ -64,7 +69,9 @@ pub(crate) async fn to_owner(
     first.extend_from_slice(&peeked);
     let mut upstream = upstream;
     if let Err(e) = upstream.write_all(&first).await {
-        m.forward_failures.with_label_values(&["write"]).inc();
+        m.forward_failures
+            .with_label_values(&[ForwardFailure::Write.as_str()])
+            .inc();
         tracing::warn!(%owner, error = %e, "owning relay closed the forwarded connection");
         return Err((tcp, peeked));
     }
@@ -125,7 +132,9 @@ pub(crate) async fn peer_accept_loop(
             .as_ref()
             .is_some_and(|f| f.is_member_address(from.ip()));
         if !member {
-            shared.metrics.handshake_failed(Side::Unknown, "peer_not_member");
+            shared
+                .metrics
+                .handshake_failed(Side::Unknown, Reason::PeerNotMember);
             tracing::info!(%from, "peer port: refused a connection from a non-member address");
             continue;
         }
@@ -136,7 +145,7 @@ pub(crate) async fn peer_accept_loop(
         let Ok(connection) = shared.connections.clone().try_acquire_owned() else {
             shared
                 .metrics
-                .handshake_failed(Side::Unknown, "too_many_connections");
+                .handshake_failed(Side::Unknown, Reason::TooManyConnections);
             continue;
         };
         let shared = shared.clone();
@@ -159,9 +168,9 @@ pub(crate) async fn peer_accept_loop(
                     }
                     Ok(Err(reason)) => {
                         shared.metrics.handshake_failed(Side::Unknown, reason);
-                        tracing::info!(%from, reason, "peer port: refused a connection without a valid PROXY v2 header");
+                        tracing::info!(%from, reason = reason.as_str(), "peer port: refused a connection without a valid PROXY v2 header");
                     }
-                    Err(_) => shared.metrics.handshake_failed(Side::Unknown, "proxy_header_timeout"),
+                    Err(_) => shared.metrics.handshake_failed(Side::Unknown, Reason::ProxyHeaderTimeout),
                 }
                 drop(connection);
             }
@@ -171,14 +180,16 @@ pub(crate) async fn peer_accept_loop(
 }
 
 /// Reads exactly the PROXY v2 header: the TLS bytes behind it stay in the socket.
-async fn read_proxy_header(tcp: &mut TcpStream) -> Result<proxy_header::ProxyHeader, &'static str> {
+async fn read_proxy_header(tcp: &mut TcpStream) -> Result<proxy_header::ProxyHeader, Reason> {
     let mut fixed = [0u8; proxy_header::FIXED_LEN];
-    tcp.read_exact(&mut fixed).await.map_err(|_| "proxy_header_io")?;
-    let total = proxy_header::announced_len(&fixed).map_err(|_| "bad_proxy_header")?;
+    tcp.read_exact(&mut fixed)
+        .await
+        .map_err(|_| Reason::ProxyHeaderIo)?;
+    let total = proxy_header::announced_len(&fixed).map_err(|_| Reason::BadProxyHeader)?;
     let mut header = vec![0u8; total];
     header[..proxy_header::FIXED_LEN].copy_from_slice(&fixed);
     tcp.read_exact(&mut header[proxy_header::FIXED_LEN..])
         .await
-        .map_err(|_| "proxy_header_io")?;
-    proxy_header::decode(&header).map_err(|_| "bad_proxy_header")
+        .map_err(|_| Reason::ProxyHeaderIo)?;
+    proxy_header::decode(&header).map_err(|_| Reason::BadProxyHeader)
 }

@@ -20,7 +20,15 @@ use tokio_rustls::server::TlsStream;
 
 use tether_net::rewind::Rewind;
 
-use crate::{Shared, device, fleet::Route, forward, listener::Admission, metrics::Side, service};
+use crate::{
+    Shared, device,
+    fleet::Route,
+    forward,
+    listener::Admission,
+    metrics::Side,
+    reason::{ForwardFailure, Reason},
+    service,
+};
 
 /// Where a connection came from.
 #[derive(Debug, Clone, Copy)]
@@ -40,12 +48,12 @@ pub(crate) type Tls = TlsStream<Rewind<TcpStream>>;
 pub(crate) struct Failure {
     pub side: Side,
     /// Low-cardinality metric label.
-    pub reason: &'static str,
+    pub reason: Reason,
     pub detail: String,
 }
 
 impl Failure {
-    pub fn new(side: Side, reason: &'static str, detail: impl ToString) -> Self {
+    pub fn new(side: Side, reason: Reason, detail: impl ToString) -> Self {
         Self {
             side,
             reason,
@@ -107,7 +115,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, permit: Admissio
         Err(_) => {
             return report(
                 &shared,
-                Failure::new(Side::Unknown, "handshake_timeout", "TLS handshake"),
+                Failure::new(Side::Unknown, Reason::HandshakeTimeout, "TLS handshake"),
             );
         }
     };
@@ -124,7 +132,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, permit: Admissio
 /// Logs and counts a failure.
 pub(crate) fn report(shared: &Shared, f: Failure) {
     shared.metrics.handshake_failed(f.side, f.reason);
-    tracing::info!(side = f.side.label(), reason = f.reason, detail = %f.detail, "connection refused");
+    tracing::info!(side = f.side.label(), reason = f.reason.as_str(), detail = %f.detail, "connection refused");
 }
 
 /// Peeks the ClientHello, then either forwards the connection to the device's owner (`None`) or
@@ -150,7 +158,7 @@ async fn accept_tls(
     // A draining relay takes no new device sessions (an agent's reconnect must land on a relay
     // that stays); services are still served, or forwarded, until the grace period ends.
     if side == Side::Device && shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(Failure::new(side, "relay_draining", "the relay is draining"));
+        return Err(Failure::new(side, Reason::RelayDraining, "the relay is draining"));
     }
     // The routing point. A connection another relay forwarded is served here whatever this
     // relay's ring says, so two rings that disagree for a moment cannot make a loop.
@@ -168,7 +176,7 @@ async fn accept_tls(
                     Err(_) => {
                         return Err(Failure::new(
                             side,
-                            "owner_unreachable",
+                            Reason::OwnerUnreachable,
                             format!("owner {owner} at {peer}"),
                         ));
                     }
@@ -178,7 +186,7 @@ async fn accept_tls(
                 shared
                     .metrics
                     .forward_failures
-                    .with_label_values(&["no_peer_port"])
+                    .with_label_values(&[ForwardFailure::NoPeerPort.as_str()])
                     .inc();
             }
         }
@@ -194,7 +202,7 @@ async fn accept_tls(
     let tls = acceptor
         .accept(Rewind::new(peeked, tcp))
         .await
-        .map_err(|e| Failure::new(side, "tls", e))?;
+        .map_err(|e| Failure::new(side, Reason::Tls, e))?;
     Ok(Some((tls, sni_device)))
 }
 
@@ -208,18 +216,18 @@ async fn peek_client_hello(tcp: &mut TcpStream) -> Result<(Bytes, client_hello::
         match reassembler.push(&buf) {
             Ok(Peeked::Complete(hello)) => break hello,
             Ok(Peeked::Incomplete) => {}
-            Err(e) => return Err(Failure::new(Side::Unknown, "bad_client_hello", e)),
+            Err(e) => return Err(Failure::new(Side::Unknown, Reason::BadClientHello, e)),
         }
         match tcp.read_buf(&mut buf).await {
             Ok(0) => {
                 return Err(Failure::new(
                     Side::Unknown,
-                    "closed_early",
+                    Reason::ClosedEarly,
                     "peer closed before ClientHello",
                 ));
             }
             Ok(_) => {}
-            Err(e) => return Err(Failure::new(Side::Unknown, "io", e)),
+            Err(e) => return Err(Failure::new(Side::Unknown, Reason::Io, e)),
         }
     };
     Ok((buf.freeze(), hello))

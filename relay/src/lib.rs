@@ -24,6 +24,7 @@ pub mod handshake;
 pub mod kubernetes;
 pub mod listener;
 pub mod metrics;
+pub mod reason;
 mod rebalance;
 pub mod registry;
 pub mod revocation;

@@ -24,6 +24,7 @@ use crate::{
     Shared,
     handshake::{self, Origin},
     metrics::Side,
+    reason::Reason,
 };
 
 /// Accepts until `stop` fires. Accept errors (e.g. out of file descriptors) are retried with
@@ -167,21 +168,21 @@ impl Drop for SourcePermit {
 /// its metric reason, which is returned. `client` is the TCP peer, or the client address of a
 /// trusted PROXY header (a connection forwarded by a ring member counts against the original
 /// client, not the forwarding relay).
-pub(crate) fn admit_pending(shared: &Shared, client: IpAddr) -> Result<Admission, &'static str> {
-    let refuse = |reason: &'static str| {
+pub(crate) fn admit_pending(shared: &Shared, client: IpAddr) -> Result<Admission, Reason> {
+    let refuse = |reason: Reason| {
         shared.metrics.handshake_failed(Side::Unknown, reason);
         Err(reason)
     };
     // The source's cap first: a source at its limit must not take a global slot meanwhile.
     let Some(source) = shared.sources.try_acquire(client) else {
-        return refuse("too_many_pending_from_source");
+        return refuse(Reason::TooManyPendingFromSource);
     };
     let total = shared.config.limits.max_pending_handshakes;
     if !may_take_global_slot(source.held_before(), shared.pending.available_permits(), total) {
-        return refuse("too_many_pending_from_source");
+        return refuse(Reason::TooManyPendingFromSource);
     }
     let Ok(global) = shared.pending.clone().try_acquire_owned() else {
-        return refuse("too_many_pending_handshakes");
+        return refuse(Reason::TooManyPendingHandshakes);
     };
     Ok(Admission {
         _global: global,
@@ -217,7 +218,7 @@ pub(crate) fn admit_permits(
     let Ok(connection) = shared.connections.clone().try_acquire_owned() else {
         shared
             .metrics
-            .handshake_failed(Side::Unknown, "too_many_connections");
+            .handshake_failed(Side::Unknown, Reason::TooManyConnections);
         tracing::debug!(%peer, "refused: connection limit reached");
         return None;
     };

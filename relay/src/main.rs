@@ -34,7 +34,14 @@ async fn main() -> ExitCode {
     };
     tracing::info!(data = %relay.local_addr(), admin = %relay.admin_addr(), "listening");
     let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
+    let first = shutdown.clone();
+    tokio::spawn(tether_net::signal::drain_then_exit(move |signal| {
+        tracing::info!(
+            signal,
+            "shutdown signal received; draining (send it again to exit at once)"
+        );
+        first.cancel();
+    }));
     if let Some(kube) = kube
         && let Err(e) = start_kubernetes(kube, &relay, shutdown.clone()).await
     {
@@ -78,20 +85,4 @@ async fn start_kubernetes(
     _: CancellationToken,
 ) -> Result<(), String> {
     Err("this build has no Kubernetes mode (cargo feature `kubernetes`)".into())
-}
-
-/// First SIGTERM/SIGINT starts the drain; a second one exits at once.
-async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!("shutdown signal received; draining (send it again to exit at once)");
-    shutdown.cancel();
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::warn!("second signal: exiting now");
-    std::process::exit(130);
 }

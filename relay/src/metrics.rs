@@ -3,6 +3,7 @@
 //! No label carries a device or stream ID (cardinality); refusals are labelled by side and a
 //! fixed reason vocabulary.
 
+use crate::reason::{Cut, Reason};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, exponential_buckets,
 };
@@ -174,8 +175,8 @@ impl Metrics {
             draining: IntGauge::new("tether_relay_draining", "1 while the relay drains after SIGTERM.")?,
         };
         // Known label values start at 0, so rate() shows a flat line rather than no data.
-        for reason in ["revoked", "idle_timeout", "relay_shutdown"] {
-            m.streams_cut.with_label_values(&[reason]);
+        for reason in Cut::ALL {
+            m.streams_cut.with_label_values(&[reason.as_str()]);
         }
         m.stream_setups.with_label_values(&["ok"]);
         registry.register(Box::new(bytes))?;
@@ -204,9 +205,9 @@ impl Metrics {
     }
 
     /// Counts a handshake failure.
-    pub fn handshake_failed(&self, side: Side, reason: &str) {
+    pub fn handshake_failed(&self, side: Side, reason: Reason) {
         self.handshake_failures
-            .with_label_values(&[side.label(), reason])
+            .with_label_values(&[side.label(), reason.as_str()])
             .inc();
     }
 }

@@ -25,6 +25,7 @@ use crate::{
     Shared,
     handshake::{Accepted, Failure, Tls, report},
     metrics::Side,
+    reason::{Cut, Reason},
     registry::StreamRefusal,
     splice::{Activity, FirstByte, Metered, splice},
     unix_now,
@@ -32,19 +33,23 @@ use crate::{
 
 /// A refusal sent to the service as an HTTP answer.
 struct Refusal {
-    status: u16,
-    /// Metric label and `Tether-Error` value.
-    reason: &'static str,
+    /// Metric label and `Tether-Error` value; it has an HTTP status.
+    reason: Reason,
     message: String,
 }
 
 impl Refusal {
-    fn new(status: u16, reason: &'static str, message: impl ToString) -> Self {
+    fn new(reason: Reason, message: impl ToString) -> Self {
+        debug_assert!(reason.http_status().is_some(), "{reason} is not a stream refusal");
         Self {
-            status,
             reason,
             message: message.to_string(),
         }
+    }
+
+    fn status(&self) -> u16 {
+        // Every reason passed to `new` has a status (checked there, and by reason.rs's tests).
+        self.reason.http_status().unwrap_or(500)
     }
 }
 
@@ -61,19 +66,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
     let (request, leftover) = match timeout_at(deadline, read_request(&mut tls)).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(ReadError::Head(e))) => {
-            let reason = match e {
-                HeadError::TooLarge => "head_too_large",
-                HeadError::MissingToken => "missing_token",
-                HeadError::MethodNotAllowed(_) => "method_not_allowed",
-                HeadError::Malformed(_) | HeadError::BadTarget(_) => "bad_request",
-            };
-            return refuse(&shared, tls, Refusal::new(e.status(), reason, e)).await;
+            return refuse(&shared, tls, Refusal::new(Reason::from(&e), e)).await;
         }
         Ok(Err(ReadError::Io(f))) => return report(&shared, f),
         Err(_) => {
             return report(
                 &shared,
-                Failure::new(Side::Service, "handshake_timeout", "request head"),
+                Failure::new(Side::Service, Reason::HandshakeTimeout, "request head"),
             );
         }
     };
@@ -108,13 +107,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
                 return refuse(
                     &shared,
                     tls,
-                    Refusal::new(403, "stream_revoked", "the stream has been revoked"),
+                    Refusal::new(Reason::StreamRevoked, "the stream has been revoked"),
                 )
                 .await;
             }
             Err(StreamRefusal::TooManyConnections) => {
                 let msg = format!("the stream already has its maximum of {limit} concurrent connections");
-                return refuse(&shared, tls, Refusal::new(429, "stream_connection_limit", msg)).await;
+                return refuse(&shared, tls, Refusal::new(Reason::StreamConnectionLimit, msg)).await;
             }
         };
         let device_stream = match open_stream(&shared, &request, &claims).await {
@@ -123,7 +122,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
         };
         let (mut h2, _permit) = device_stream;
         if let Err(e) = tls.write_all(head::encode_established()).await {
-            return report(&shared, Failure::new(Side::Service, "io", e));
+            return report(&shared, Failure::new(Side::Service, Reason::Io, e));
         }
         let _ = tls.flush().await;
         let established_at = std::time::SystemTime::now();
@@ -165,9 +164,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
             };
             tokio::select! {
                 res = splice(&mut service, &mut device) => res.map(Ended::Done),
-                _ = guard.revoked().cancelled() => Ok(Ended::Cut("revoked")),
-                _ = shared.hard_stop.cancelled() => Ok(Ended::Cut("relay_shutdown")),
-                _ = idle => Ok(Ended::Cut("idle_timeout")),
+                _ = guard.revoked().cancelled() => Ok(Ended::Cut(Cut::Revoked)),
+                _ = shared.hard_stop.cancelled() => Ok(Ended::Cut(Cut::RelayShutdown)),
+                _ = idle => Ok(Ended::Cut(Cut::IdleTimeout)),
             }
         }
         .await;
@@ -181,8 +180,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
         match result {
             Ok(Ended::Done((up, down))) => tracing::info!(to_device = up, to_service = down, "stream closed"),
             Ok(Ended::Cut(why)) => {
-                m.streams_cut.with_label_values(&[why]).inc();
-                tracing::info!(reason = why, "stream closed by the relay");
+                m.streams_cut.with_label_values(&[why.as_str()]).inc();
+                tracing::info!(reason = why.as_str(), "stream closed by the relay");
             }
             Err(e) => tracing::info!(error = %e, "stream ended with an error"),
         }
@@ -197,7 +196,7 @@ enum Ended {
     /// Both directions finished: bytes to the device, bytes to the service.
     Done((u64, u64)),
     /// The relay closed it (revocation, idle timeout, shutdown).
-    Cut(&'static str),
+    Cut(Cut),
 }
 
 enum ReadError {
@@ -221,12 +220,12 @@ async fn read_request(tls: &mut Tls) -> Result<(ConnectRequest, Bytes), ReadErro
             Ok(0) => {
                 return Err(ReadError::Io(Failure::new(
                     Side::Service,
-                    "closed_early",
+                    Reason::ClosedEarly,
                     "closed before request head",
                 )));
             }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(ReadError::Io(Failure::new(Side::Service, "io", e))),
+            Err(e) => return Err(ReadError::Io(Failure::new(Side::Service, Reason::Io, e))),
         }
     }
 }
@@ -237,11 +236,10 @@ fn authorize(
     sni_device: &Result<DeviceKey, tether_proto::name::NameError>,
     request: &ConnectRequest,
 ) -> Result<StreamClaims, Refusal> {
-    let sni_device = sni_device.as_ref().map_err(|e| Refusal::new(400, "bad_sni", e))?;
+    let sni_device = sni_device.as_ref().map_err(|e| Refusal::new(Reason::BadSni, e))?;
     if *sni_device != request.device {
         return Err(Refusal::new(
-            400,
-            "sni_mismatch",
+            Reason::SniMismatch,
             format!(
                 "TLS server name names {sni_device} but CONNECT names {}",
                 request.device
@@ -257,21 +255,10 @@ fn authorize(
             unix_now(),
             config.limits.clock_skew.as_secs(),
         )
-        .map_err(|e| {
-            Refusal::new(
-                if matches!(e, tether_proto::token::TokenError::TooLarge) {
-                    401
-                } else {
-                    403
-                },
-                e.reason(),
-                e,
-            )
-        })?;
+        .map_err(|e| Refusal::new(Reason::from(&e), e))?;
     if claims.namespace != request.device.namespace() || claims.device != request.device.name() {
         return Err(Refusal::new(
-            403,
-            "token_wrong_device",
+            Reason::TokenWrongDevice,
             format!(
                 "the token is for {}/{}, not {}",
                 claims.namespace, claims.device, request.device
@@ -280,8 +267,7 @@ fn authorize(
     }
     if claims.port != request.port {
         return Err(Refusal::new(
-            403,
-            "token_wrong_port",
+            Reason::TokenWrongPort,
             format!("the token is for port {}, not {}", claims.port, request.port),
         ));
     }
@@ -300,8 +286,7 @@ async fn open_stream(
         .await?;
     let permit = session.streams.clone().try_acquire_owned().map_err(|_| {
         Refusal::new(
-            429,
-            "device_stream_limit",
+            Reason::DeviceStreamLimit,
             format!(
                 "device has its maximum of {} streams",
                 limits.max_streams_per_device
@@ -318,12 +303,11 @@ async fn open_stream(
     if let Some(tp) = traceparent.as_deref().filter(|tp| tp.len() <= 256) {
         req = req.header(HEADER_TRACEPARENT, tp);
     }
-    let req = req.body(()).map_err(|e| Refusal::new(400, "bad_request", e))?;
+    let req = req.body(()).map_err(|e| Refusal::new(Reason::BadRequest, e))?;
     let deadline = tokio::time::Instant::now() + limits.stream_setup_timeout;
     let gone = |e: h2::Error| {
         Refusal::new(
-            502,
-            "device_session_lost",
+            Reason::DeviceSessionLost,
             format!("device connection failed: {e}"),
         )
     };
@@ -339,8 +323,7 @@ async fn open_stream(
     .await
     .map_err(|_| {
         Refusal::new(
-            504,
-            "device_timeout",
+            Reason::DeviceTimeout,
             format!("device did not answer within {:?}", limits.stream_setup_timeout),
         )
     })??;
@@ -357,18 +340,15 @@ async fn open_stream(
             .collect::<String>();
         return Err(match agent_reason.as_str() {
             "port_not_allowed" => Refusal::new(
-                403,
-                "device_port_not_allowed",
+                Reason::DevicePortNotAllowed,
                 format!("the device does not allow port {}", request.port),
             ),
             "target_unreachable" => Refusal::new(
-                502,
-                "device_target_unreachable",
+                Reason::DeviceTargetUnreachable,
                 format!("the device could not reach its local port {}", request.port),
             ),
             _ => Refusal::new(
-                502,
-                "device_refused",
+                Reason::DeviceRefused,
                 format!("the device refused the stream: HTTP {status} {agent_reason}"),
             ),
         });
@@ -386,8 +366,7 @@ async fn wait_for_device(
 ) -> Result<Arc<crate::registry::DeviceSession>, Refusal> {
     let moving = || {
         Refusal::new(
-            503,
-            "device_moving",
+            Reason::DeviceMoving,
             format!("device {device} is served by another relay now; retry"),
         )
     };
@@ -419,19 +398,19 @@ async fn wait_for_device(
 
 fn not_connected(device: &DeviceKey, timeout: Duration) -> Refusal {
     Refusal::new(
-        503,
-        "device_not_connected",
+        Reason::DeviceNotConnected,
         format!("device {device} did not connect within {timeout:?}"),
     )
 }
 
 /// Answers a refusal and closes.
 async fn refuse(shared: &Shared, mut tls: Tls, r: Refusal) {
-    shared.metrics.stream_setups.with_label_values(&[r.reason]).inc();
-    tracing::info!(status = r.status, reason = r.reason, detail = %r.message, "stream refused");
+    let (status, reason) = (r.status(), r.reason.as_str());
+    shared.metrics.stream_setups.with_label_values(&[reason]).inc();
+    tracing::info!(status, reason, detail = %r.message, "stream refused");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = tls
-            .write_all(&head::encode_refusal(r.status, r.reason, &r.message))
+            .write_all(&head::encode_refusal(status, reason, &r.message))
             .await;
         let _ = tls.shutdown().await;
     })

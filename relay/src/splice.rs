@@ -21,10 +21,8 @@ use tokio::{
     time::Instant,
 };
 
-/// Buffer per direction. 64 KiB is four TLS records: fewer wake-ups per byte than tokio's 8 KiB
-/// default, small enough that 10k idle-to-busy streams stay cheap (buffers exist only while
-/// splicing).
-pub const SPLICE_BUFFER: usize = 64 * 1024;
+/// Buffer per direction (shared with the agent's side of the tunnel).
+pub use tether_net::h2io::SPLICE_BUFFER;
 
 /// Counts bytes read from `inner` into a counter, live, so dashboards see throughput during a
 /// long transfer rather than at its end, and into the connection's own [`Activity`].

@@ -20,6 +20,8 @@
 #!   TETHER_BIN_DIR=/path/to/bins scripts/e2e/ssh.sh
 #!   KEEP_WORKDIR=1 scripts/e2e/ssh.sh        # keep the temp dir (logs, keys) for inspection
 #!   E2E_NO_PROXY=1 scripts/e2e/ssh.sh        # skip tinyproxy (agent dials directly; warns)
+#! Under CI=true (or TETHER_REQUIRE_PROXY=1) a missing or unusable tinyproxy, or E2E_NO_PROXY,
+#! is a failure, not a warning.
 #! Last line: `e2e: N passed, M failed`; the exit status is non-zero on any failure.
 set -euo pipefail
 
@@ -27,7 +29,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEVICE="e2e/sensor-1"
 SCP_MIB=50
 PROXY_USER="e2e-user"
-PROXY_PASS="e2e-pass"
+# tinyproxy's BasicAuth takes only [-A-Za-z0-9._]; the agent gets it percent-encoded (below).
+PROXY_PASS="e2e.Pa55-w_rd"
 export NO_COLOR=1 # plain logs from the tracing-based binaries
 
 PASSED=0
@@ -171,7 +174,8 @@ install_deps() {
     apt-get install -y -qq --no-install-recommends "${required[@]}" >/dev/null \
       || die "apt-get install ${required[*]} failed"
   fi
-  # tinyproxy is optional: without it the test runs without a proxy (loud warning below).
+  # tinyproxy is optional outside CI: without it the test runs without a proxy (loud warning
+  # below; a failure under CI).
   if [[ " ${missing[*]} " == *" tinyproxy "* ]]; then
     apt-get install -y -qq --no-install-recommends tinyproxy >/dev/null || true
   fi
@@ -246,29 +250,42 @@ start_portal() {
   wait_for 10 lcurl -f "http://127.0.0.1:$HTTP_PORT/status.txt" || die "http.server did not start"
 }
 
-# Starts tinyproxy with BasicAuth, allowing CONNECT to the relay port only. Sets AGENT_PROXY
-# (empty when no usable tinyproxy, after a loud warning).
+# The proxy path cannot be tested: a failure when CI (or TETHER_REQUIRE_PROXY) requires it,
+# else a loud warning (the agent then dials the relay directly).
+no_proxy_path() {
+  if [[ ${CI:-} == true || -n ${TETHER_REQUIRE_PROXY:-} ]]; then
+    die "$* (the proxy path is required under CI=true / TETHER_REQUIRE_PROXY)"
+  fi
+  warn "$*: the agent dials the relay WITHOUT a proxy; proxy path untested"
+}
+
+# Every byte of $1 as %XX: the agent's URL only works if it percent-decodes the credentials.
+percent_encode_all() { printf '%s' "$1" | od -An -tx1 -v | tr -d ' \n' | sed 's/../%&/g'; }
+
+# Starts tinyproxy with BasicAuth on [::1] only, allowing CONNECT to the relay port only. Sets
+# AGENT_PROXY (empty when no usable tinyproxy, after a loud warning).
 start_proxy() {
   AGENT_PROXY=""
   local tp
   tp=$(command -v tinyproxy || true)
   [[ -z $tp && -x /usr/sbin/tinyproxy ]] && tp=/usr/sbin/tinyproxy
   if [[ ${E2E_NO_PROXY:-0} == 1 ]]; then
-    warn "E2E_NO_PROXY=1: the agent dials the relay WITHOUT a proxy; proxy path untested"
+    no_proxy_path "E2E_NO_PROXY=1"
     return
   fi
   if [[ -z $tp ]]; then
-    warn "tinyproxy is not installed: the agent dials the relay WITHOUT a proxy; proxy path untested"
+    no_proxy_path "tinyproxy is not installed"
     return
   fi
+  # IPv6 loopback: the agent must pass the address to connect() without the URL's brackets.
   cat >"$W/tinyproxy.conf" <<EOF
 Port $PROXY_PORT
-Listen 127.0.0.1
+Listen ::1
 Timeout 600
 LogFile "$W/logs/tinyproxy.log"
 LogLevel Info
 MaxClients 20
-Allow 127.0.0.1
+Allow ::1
 ConnectPort $RELAY_PORT
 BasicAuth $PROXY_USER $PROXY_PASS
 EOF
@@ -280,21 +297,21 @@ EOF
     chmod 0755 "$W" "$W/logs"
   fi
   start_bg tinyproxy-stdout "$tp" -d -c "$W/tinyproxy.conf"
-  if ! wait_for 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PROXY_PORT"; then
-    warn "tinyproxy did not start (BasicAuth unsupported?): agent dials WITHOUT a proxy"
+  if ! wait_for 10 bash -c "exec 3<>/dev/tcp/::1/$PROXY_PORT"; then
+    no_proxy_path "tinyproxy did not start on [::1]:$PROXY_PORT (BasicAuth unsupported? no IPv6 loopback?)"
     return
   fi
   # Without credentials the proxy must answer 407: proves BasicAuth is really enforced.
   local code
-  code=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -x "http://127.0.0.1:$PROXY_PORT" \
+  code=$(curl -sS --max-time 10 -o /dev/null -w '%{http_code}' -x "http://[::1]:$PROXY_PORT" \
     "http://127.0.0.1:$HTTP_PORT/status.txt" 2>/dev/null || true)
   if [[ $code != 407 ]]; then
-    warn "tinyproxy answered HTTP $code (not 407) without credentials: BasicAuth unsupported; agent dials WITHOUT a proxy"
+    no_proxy_path "tinyproxy answered HTTP $code (not 407) without credentials: BasicAuth unsupported"
     return
   fi
-  pass "tinyproxy on 127.0.0.1:$PROXY_PORT enforces BasicAuth (407 without credentials)"
+  pass "tinyproxy on [::1]:$PROXY_PORT enforces BasicAuth (407 without credentials)"
   PROXY_LOG_MARK=$(wc -l <"$W/logs/tinyproxy.log")
-  AGENT_PROXY="http://$PROXY_USER:$PROXY_PASS@127.0.0.1:$PROXY_PORT"
+  AGENT_PROXY="http://$(percent_encode_all "$PROXY_USER"):$(percent_encode_all "$PROXY_PASS")@[::1]:$PROXY_PORT"
 }
 
 start_agent() {

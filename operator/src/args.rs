@@ -29,10 +29,10 @@ pub struct Args {
     #[arg(long, env = "POD_NAME", default_value = "tether-operator")]
     pub identity: String,
     /// How long a Lease stays valid without renewal (renewed every third of it).
-    #[arg(long, env = "TETHER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TETHER_LEASE_DURATION", default_value = "15s", value_parser = crate::duration::parse)]
     pub lease_duration: Duration,
     /// How often to retry loading trust anchors that are malformed or unreadable.
-    #[arg(long, env = "TETHER_TRUST_RETRY", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TETHER_TRUST_RETRY", default_value = "30s", value_parser = crate::duration::parse)]
     pub trust_retry: Duration,
     /// Controllers to run (comma-separated; default all). Tests run subsets side by side.
     #[arg(

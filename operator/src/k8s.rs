@@ -16,14 +16,15 @@ use crate::{Context, FIELD_MANAGER, STATUS_FIELD_MANAGER};
 /// Label put on every object the operator creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "tether-operator");
 
-/// The UTF-8 value of `key` in `secret`, if present and non-empty.
+/// The value of `key` in `secret` as UTF-8 text, if present, valid UTF-8 and not blank (every
+/// Secret value the operator reads is PEM or a token: blank means unusable).
 pub fn secret_str<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
     secret
         .data
         .as_ref()?
         .get(key)
         .and_then(|b| std::str::from_utf8(&b.0).ok())
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.trim().is_empty())
 }
 
 /// An `Opaque` Secret named `name` in `namespace`, controlled by `owner`, with string `data`.

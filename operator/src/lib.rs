@@ -17,6 +17,7 @@ pub mod backoff;
 pub mod conditions;
 pub mod context;
 pub mod device;
+pub mod duration;
 pub mod fleet;
 pub mod k8s;
 pub mod lease;

@@ -13,6 +13,8 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 use tether_net::pki::Ca;
+
+use crate::k8s::secret_str;
 use tether_proto::token::{TokenSigner, TokenVerifier};
 
 /// Secret holding the CA (`tls.crt`, `tls.key`).
@@ -92,15 +94,6 @@ fn secret(name: &'static str, namespace: &str, data: [(&str, &str); 2]) -> Secre
     }
 }
 
-fn field<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
-    secret
-        .data
-        .as_ref()?
-        .get(key)
-        .and_then(|b| std::str::from_utf8(&b.0).ok())
-        .filter(|s| !s.trim().is_empty())
-}
-
 /// Reads `name`, creating it with `make()` when absent. Create (not apply) is used so an existing
 /// Secret is never overwritten, and two operator replicas racing at start agree on one winner.
 async fn get_or_create(
@@ -150,7 +143,10 @@ pub async fn load_or_create(client: &Client, namespace: &str) -> Result<TrustAnc
         ))
     })
     .await?;
-    let (Some(cert), Some(key)) = (field(&ca_secret, "tls.crt"), field(&ca_secret, "tls.key")) else {
+    let (Some(cert), Some(key)) = (
+        secret_str(&ca_secret, "tls.crt"),
+        secret_str(&ca_secret, "tls.key"),
+    ) else {
         return Err(malformed(
             CA_SECRET,
             "keys tls.crt and tls.key must both be present and non-empty".into(),
@@ -168,7 +164,7 @@ pub async fn load_or_create(client: &Client, namespace: &str) -> Result<TrustAnc
         ))
     })
     .await?;
-    let private = field(&key_secret, "private.pem").ok_or_else(|| {
+    let private = secret_str(&key_secret, "private.pem").ok_or_else(|| {
         malformed(
             TOKEN_KEY_SECRET,
             "key private.pem must be present and non-empty".into(),

@@ -227,6 +227,21 @@ async fn child_versions(client: &Client, ns: &str, pool: &str) -> anyhow::Result
     ])
 }
 
+/// Whether `ns/name` of kind `K` is gone (404); other errors fail the check.
+async fn gone<K>(client: &Client, ns: &str, name: &str) -> anyhow::Result<bool>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Ok(Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .with_context(|| format!("{} {name}", K::kind(&())))?
+        .is_none())
+}
+
 fn check_owned(meta: &ObjectMeta, pool: &RelayPool, what: &str) -> anyhow::Result<()> {
     let owners = meta.owner_references.as_deref().unwrap_or_default();
     ensure!(
@@ -700,78 +715,36 @@ async fn relaypool_children_are_garbage_collected_with_the_pool() -> anyhow::Res
         let n = names("relays");
         eventually(Duration::from_secs(60), || async {
             let mut left = Vec::new();
-            let gone = |r: kube::Result<()>| matches!(r, Err(kube::Error::Api(e)) if e.code == 404);
-            if !gone(
-                Api::<StatefulSet>::namespaced(admin.clone(), &ns)
-                    .get(&n.stateful_set)
-                    .await
-                    .map(drop),
-            ) {
-                left.push("StatefulSet");
-            }
-            if !gone(
-                Api::<Service>::namespaced(admin.clone(), &ns)
-                    .get(&n.public_service)
-                    .await
-                    .map(drop),
-            ) {
-                left.push("public Service");
-            }
-            if !gone(
-                Api::<Service>::namespaced(admin.clone(), &ns)
-                    .get(&n.members_service)
-                    .await
-                    .map(drop),
-            ) {
-                left.push("headless Service");
-            }
-            if !gone(
-                Api::<PodDisruptionBudget>::namespaced(admin.clone(), &ns)
-                    .get(&n.pdb)
-                    .await
-                    .map(drop),
-            ) {
-                left.push("PDB");
-            }
-            if !gone(
-                Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
-                    .get(&n.service_account)
-                    .await
-                    .map(drop),
-            ) {
-                left.push("ServiceAccount");
-            }
-            if !gone(
-                Api::<Role>::namespaced(admin.clone(), &ns)
-                    .get(&n.service_account)
-                    .await
-                    .map(drop),
-            ) {
-                left.push("Role");
-            }
-            if !gone(
-                Api::<RoleBinding>::namespaced(admin.clone(), &ns)
-                    .get(&n.service_account)
-                    .await
-                    .map(drop),
-            ) {
-                left.push("RoleBinding");
-            }
-            if !gone(
-                Api::<Secret>::namespaced(admin.clone(), &ns)
-                    .get(&n.tls_secret)
-                    .await
-                    .map(drop),
-            ) {
-                left.push("Secret");
-            }
-            if !gone(
-                Api::<ConfigMap>::namespaced(admin.clone(), &ns)
-                    .get(&n.trust)
-                    .await
-                    .map(drop),
-            ) {
-                left.push("ConfigMap");
+            let checks = [
+                (
+                    "StatefulSet",
+                    gone::<StatefulSet>(&admin, &ns, &n.stateful_set).await?,
+                ),
+                (
+                    "public Service",
+                    gone::<Service>(&admin, &ns, &n.public_service).await?,
+                ),
+                (
+                    "headless Service",
+                    gone::<Service>(&admin, &ns, &n.members_service).await?,
+                ),
+                ("PDB", gone::<PodDisruptionBudget>(&admin, &ns, &n.pdb).await?),
+                (
+                    "ServiceAccount",
+                    gone::<ServiceAccount>(&admin, &ns, &n.service_account).await?,
+                ),
+                ("Role", gone::<Role>(&admin, &ns, &n.service_account).await?),
+                (
+                    "RoleBinding",
+                    gone::<RoleBinding>(&admin, &ns, &n.service_account).await?,
+                ),
+                ("Secret", gone::<Secret>(&admin, &ns, &n.tls_secret).await?),
+                ("ConfigMap", gone::<ConfigMap>(&admin, &ns, &n.trust).await?),
+            ];
+            for (what, gone) in checks {
+                if !gone {
+                    left.push(what);
+                }
             }
             ensure!(left.is_empty(), "not yet collected: {left:?}");
             Ok(())

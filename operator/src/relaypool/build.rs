@@ -712,18 +712,19 @@ selector: {matchLabels: {app.kubernetes.io/instance: relays, app.kubernetes.io/n
 
     #[test]
     fn config_hash_is_stable_and_tracks_material() {
-        let a = children()
-            .stateful_set
-            .spec
-            .unwrap()
-            .template
-            .metadata
-            .unwrap()
-            .annotations
-            .unwrap();
-        assert_eq!(
-            a,
-            children()
+        let pool: RelayPool = serde_yaml::from_str(POOL).unwrap();
+        let valid = validate(&pool).unwrap();
+        let hash = |valid: &Valid, cert: &str, ca: &str, key: &str, domain: &str| {
+            let cert = Issued {
+                cert_pem: cert.into(),
+                key_pem: "KEY".into(),
+            };
+            let trust = TrustMaterial {
+                ca_pem: ca,
+                token_public_key_pem: key,
+                trust_domain: domain,
+            };
+            build(valid, 3, &cert, &trust)
                 .stateful_set
                 .spec
                 .unwrap()
@@ -732,7 +733,31 @@ selector: {matchLabels: {app.kubernetes.io/instance: relays, app.kubernetes.io/n
                 .unwrap()
                 .annotations
                 .unwrap()
-        );
+                .remove(CONFIG_HASH_ANNOTATION)
+                .unwrap()
+        };
+        let base = hash(&valid, "CERT", "CA", "PUB", "td.example");
+        assert_eq!(base, hash(&valid, "CERT", "CA", "PUB", "td.example"), "stable");
+        let mut other_domain = valid.clone();
+        other_domain.spec.relay_domain = "other.example.com".into();
+        for (what, changed) in [
+            (
+                "serving certificate",
+                hash(&valid, "CERT2", "CA", "PUB", "td.example"),
+            ),
+            ("CA", hash(&valid, "CERT", "CA2", "PUB", "td.example")),
+            ("token key", hash(&valid, "CERT", "CA", "PUB2", "td.example")),
+            ("trust domain", hash(&valid, "CERT", "CA", "PUB", "td2.example")),
+            (
+                "relay domain",
+                hash(&other_domain, "CERT", "CA", "PUB", "td.example"),
+            ),
+        ] {
+            assert_ne!(
+                changed, base,
+                "changing the {what} must change the hash (restart relays)"
+            );
+        }
         assert_ne!(fnv1a(&["a", "bc"]), fnv1a(&["ab", "c"]));
         assert_eq!(fnv1a(&[]), 0xcbf2_9ce4_8422_2325);
     }

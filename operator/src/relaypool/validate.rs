@@ -9,7 +9,7 @@ use tether_api::{RelayPool, RelayPoolSpec};
 use tether_net::pki::Issued;
 
 use super::build::DNS_NAMES_ANNOTATION;
-use crate::autoscale::Policy;
+use crate::{autoscale::Policy, k8s::secret_str};
 
 /// Longest pool name: the StatefulSet adds `-<10-character revision hash>` to it in a label value
 /// (at most 63 characters), so 52 is the most that works.
@@ -71,46 +71,6 @@ fn is_dns1035_label(s: &str) -> bool {
         && b[b.len() - 1] != b'-'
 }
 
-/// Parses a duration as the CRD's CEL `duration()` accepts it (Go syntax: a sequence of decimal
-/// numbers, each with a unit `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`, e.g. `300ms`, `1.5m`, `1h30m`;
-/// or `0`). Negative durations are refused (the schema does too).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    if s == "0" {
-        return Some(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, tail) = rest.split_at(number_len);
-        if number.is_empty() || number == "." {
-            return None;
-        }
-        let value: f64 = number.parse().ok()?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let seconds = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += value * seconds;
-        rest = tail;
-    }
-    Duration::try_from_secs_f64(total).ok()
-}
-
 /// Checks `pool`.
 ///
 /// # Errors
@@ -129,8 +89,8 @@ pub fn validate(pool: &RelayPool) -> Result<Valid, Invalid> {
             max: spec.max_replicas,
         });
     }
-    let stabilization = parse_duration(&spec.scale_down_stabilization)
-        .ok_or_else(|| Invalid::Stabilization(spec.scale_down_stabilization.clone()))?;
+    let stabilization = crate::duration::parse(&spec.scale_down_stabilization)
+        .map_err(|_| Invalid::Stabilization(spec.scale_down_stabilization.clone()))?;
     let policy = Policy {
         min_replicas: spec.min_replicas,
         max_replicas: spec.max_replicas,
@@ -179,12 +139,7 @@ pub fn reusable_certificate(
     now_unix: i64,
 ) -> Option<Issued> {
     let secret = secret?;
-    let data = secret.data.as_ref()?;
-    let text = |k: &str| {
-        data.get(k)
-            .and_then(|b| std::str::from_utf8(&b.0).ok())
-            .filter(|s| !s.trim().is_empty())
-    };
+    let text = |k: &str| secret_str(secret, k);
     let (cert, key, ca) = (text("tls.crt")?, text("tls.key")?, text("ca.crt")?);
     if ca != ca_pem {
         return None;
@@ -260,6 +215,7 @@ mod tests {
             ("0s", 0),
             ("0", 0),
             ("250ms", 250),
+            ("1.5m", 90_000),
         ] {
             let v = validate(&pool(&format!(
                 "  relayDomain: r.example\n  scaleDownStabilization: {s}\n"
@@ -267,12 +223,14 @@ mod tests {
             .unwrap();
             assert_eq!(v.policy.scale_down_stabilization, Duration::from_millis(d), "{s}");
         }
-        let e = validate(&pool(
-            "  relayDomain: r.example\n  scaleDownStabilization: soon\n",
-        ))
-        .unwrap_err();
-        assert_eq!(e, Invalid::Stabilization("soon".into()));
-        assert!(e.to_string().contains("5m"));
+        for bad in ["soon", "-1s", "1d", "\"\""] {
+            let e = validate(&pool(&format!(
+                "  relayDomain: r.example\n  scaleDownStabilization: {bad}\n"
+            )))
+            .unwrap_err();
+            assert_eq!(e, Invalid::Stabilization(bad.trim_matches('"').into()), "{bad}");
+            assert!(e.to_string().contains("5m"));
+        }
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub fn window(stream: &DeviceStream) -> Result<Window, String> {
         .map(|t| t.0.as_second())
         .ok_or("no creationTimestamp")?;
     let ttl =
-        humantime::parse_duration(&stream.spec.ttl).map_err(|e| format!("ttl {:?}: {e}", stream.spec.ttl))?;
+        crate::duration::parse(&stream.spec.ttl).map_err(|e| format!("ttl {:?}: {e}", stream.spec.ttl))?;
     let ttl = i64::try_from(ttl.as_secs()).map_err(|_| "ttl too large".to_owned())?;
     if ttl < 1 || ttl.unsigned_abs() > tether_proto::token::MAX_LIFETIME_SECS {
         return Err(format!("ttl {:?} is outside 1s..24h", stream.spec.ttl));
@@ -61,7 +61,7 @@ pub fn idle_timeout(stream: &DeviceStream) -> Result<Option<u64>, String> {
     let Some(text) = &stream.spec.idle_timeout else {
         return Ok(None);
     };
-    let secs = humantime::parse_duration(text)
+    let secs = crate::duration::parse(text)
         .map_err(|e| format!("idleTimeout {text:?}: {e}"))?
         .as_secs();
     if !(1..=tether_proto::token::MAX_LIFETIME_SECS).contains(&secs) {
@@ -150,7 +150,9 @@ mod tests {
         let mut s = stream(22);
         s.spec.idle_timeout = Some("15m".into());
         assert_eq!(idle_timeout(&s), Ok(Some(900)));
-        for bad in ["0s", "25h", "soon"] {
+        s.spec.idle_timeout = Some("1h30m".into());
+        assert_eq!(idle_timeout(&s), Ok(Some(5400)));
+        for bad in ["0s", "25h", "soon", "1d", "-1m", ""] {
             s.spec.idle_timeout = Some(bad.into());
             assert!(idle_timeout(&s).is_err(), "{bad}");
         }

@@ -28,9 +28,19 @@ pub struct Args {
     /// This replica's identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME", default_value = "tether-operator")]
     pub identity: String,
-    /// How long a Lease stays valid without renewal (renewed every third of it).
+    /// How long a Lease stays valid without renewal: a standby takes over this long after the
+    /// leader's last successful renewal. Whole seconds (the Lease stores seconds).
     #[arg(long, env = "TETHER_LEASE_DURATION", default_value = "15s", value_parser = crate::duration::parse)]
     pub lease_duration: Duration,
+    /// How long the leader keeps reconciling without a successful renewal; then it stops its
+    /// controllers and exits. Must be shorter than `--lease-duration`, so the leader has stopped
+    /// before any standby can take over (client-go's 15 s / 10 s / 2 s).
+    #[arg(long, env = "TETHER_RENEW_DEADLINE", default_value = "10s", value_parser = crate::duration::parse)]
+    pub renew_deadline: Duration,
+    /// How often the leader renews and a standby tries to acquire the Lease; also the timeout of
+    /// each attempt. Must be shorter than `--renew-deadline`.
+    #[arg(long, env = "TETHER_RETRY_PERIOD", default_value = "2s", value_parser = crate::duration::parse)]
+    pub retry_period: Duration,
     /// How often to retry loading trust anchors that are malformed or unreadable.
     #[arg(long, env = "TETHER_TRUST_RETRY", default_value = "30s", value_parser = crate::duration::parse)]
     pub trust_retry: Duration,
@@ -58,6 +68,15 @@ pub enum Controller {
 }
 
 impl Args {
+    /// The leader-election timing, checked: `retry period < renew deadline < lease duration`,
+    /// the lease duration a whole number of seconds of at least 1 s.
+    ///
+    /// # Errors
+    /// A message naming the flags that break the order.
+    pub fn lease_timing(&self) -> Result<crate::lease::LeaseTiming, String> {
+        crate::lease::LeaseTiming::new(self.lease_duration, self.renew_deadline, self.retry_period)
+    }
+
     /// Whether `controller` is enabled.
     pub fn runs(&self, controller: Controller) -> bool {
         self.controllers.contains(&controller)

@@ -1,14 +1,18 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease (kube-runtime 5 has none built in).
 //!
-//! The holder renews `renewTime` every third of the lease duration; another replica takes over
-//! only after `renewTime + leaseDurationSeconds` has passed. Every write is a `replace` carrying
-//! the `resourceVersion` that was read, so two replicas racing for an expired Lease cannot both
-//! win (the loser gets 409 Conflict). On shutdown the holder releases the Lease (clears
-//! `holderIdentity`) so a successor starts at once instead of waiting out the duration.
+//! The timing is client-go's ([`LeaseTiming`]): the holder renews `renewTime` every retry period;
+//! another replica takes over only after `renewTime + leaseDurationSeconds` has passed; the
+//! holder itself stops leading once a *renew deadline*, shorter than the lease duration, has
+//! passed since its last successful renewal (`crate::run`). Between the two lies the margin in
+//! which no replica leads. Every write is a `replace` carrying the `resourceVersion` that was read,
+//! so two replicas racing for an expired Lease cannot both win (the loser gets 409 Conflict). On
+//! shutdown the holder releases the Lease (clears `holderIdentity`) so a successor starts at once
+//! instead of waiting out the duration.
 //!
 //! # Caveats
-//! Correctness relies on clocks agreeing within a fraction of the lease duration, as with
-//! client-go's leader election.
+//! Correctness relies on clocks agreeing, and on neither replica's clock being paused (a frozen
+//! process, say SIGSTOP), within the margin `leaseDuration − renewDeadline`, as with client-go's
+//! leader election.
 
 use std::time::Duration;
 
@@ -21,6 +25,54 @@ use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
 };
+
+/// Leader-election timing: `retry_period < renew_deadline < duration`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseTiming {
+    /// How long the Lease is valid after a renewal (`leaseDurationSeconds`).
+    pub duration: Duration,
+    /// How long the holder may go without a successful renewal before it stops leading.
+    pub renew_deadline: Duration,
+    /// Time between attempts, and the longest any one attempt may take.
+    pub retry_period: Duration,
+}
+
+impl LeaseTiming {
+    /// Checks the order of the three and that `duration` is whole seconds (at least one).
+    ///
+    /// # Errors
+    /// A message naming what is wrong.
+    pub fn new(duration: Duration, renew_deadline: Duration, retry_period: Duration) -> Result<Self, String> {
+        if duration.subsec_nanos() != 0 || duration.is_zero() {
+            return Err(format!(
+                "--lease-duration {duration:?} must be a whole number of seconds (the Lease stores seconds)"
+            ));
+        }
+        if !(retry_period > Duration::ZERO && retry_period < renew_deadline && renew_deadline < duration) {
+            return Err(format!(
+                "leader election needs 0 < --retry-period ({retry_period:?}) < --renew-deadline \
+                 ({renew_deadline:?}) < --lease-duration ({duration:?}): the leader must stop before a \
+                 standby may take over"
+            ));
+        }
+        Ok(Self {
+            duration,
+            renew_deadline,
+            retry_period,
+        })
+    }
+}
+
+/// Why a Lease call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The API server refused the call.
+    #[error("Lease API call failed: {0}")]
+    Api(#[from] kube::Error),
+    /// The call did not finish within its time budget (a hung connection).
+    #[error("Lease API call timed out after {0:?}")]
+    Timeout(Duration),
+}
 
 /// One replica's handle on the Lease.
 #[derive(Clone)]
@@ -46,14 +98,32 @@ impl LeaseLock {
         }
     }
 
-    /// How often the holder renews, and others retry: a third of the duration, so two renewals
-    /// may fail before the Lease lapses.
-    pub fn retry_period(&self) -> Duration {
-        self.duration / 3
+    /// [`Self::try_acquire_or_renew`] bounded by `timeout`: a hung connection must not keep a
+    /// leader waiting past its renew deadline.
+    ///
+    /// # Errors
+    /// [`LeaseError::Timeout`], or API errors other than a lost race (409).
+    pub async fn try_acquire_or_renew_within(&self, timeout: Duration) -> Result<bool, LeaseError> {
+        tokio::time::timeout(timeout, self.try_acquire_or_renew())
+            .await
+            .map_err(|_| LeaseError::Timeout(timeout))?
+            .map_err(LeaseError::Api)
+    }
+
+    /// [`Self::release`] bounded by `timeout`.
+    ///
+    /// # Errors
+    /// [`LeaseError::Timeout`], or API errors.
+    pub async fn release_within(&self, timeout: Duration) -> Result<(), LeaseError> {
+        tokio::time::timeout(timeout, self.release())
+            .await
+            .map_err(|_| LeaseError::Timeout(timeout))?
+            .map_err(LeaseError::Api)
     }
 
     /// Acquires the Lease if it is free or expired, or renews it if held by us.
-    /// Returns whether we hold it afterwards.
+    /// Returns whether we hold it afterwards. Unbounded: see
+    /// [`Self::try_acquire_or_renew_within`].
     ///
     /// # Errors
     /// API errors other than a lost race (409).
@@ -130,5 +200,28 @@ impl LeaseLock {
             Err(e) if conflict(&e) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_must_let_the_leader_stop_first() {
+        let s = Duration::from_secs;
+        assert!(LeaseTiming::new(s(15), s(10), s(2)).is_ok());
+        assert!(LeaseTiming::new(s(3), s(2), Duration::from_millis(500)).is_ok());
+        for (d, r, p) in [
+            (s(15), s(15), s(2)),
+            (s(10), s(15), s(2)),
+            (s(15), s(2), s(2)),
+            (s(15), s(10), s(0)),
+        ] {
+            let e = LeaseTiming::new(d, r, p).unwrap_err();
+            assert!(e.contains("--renew-deadline"), "{e}");
+        }
+        assert!(LeaseTiming::new(Duration::from_millis(2500), s(1), Duration::from_millis(100)).is_err());
+        assert!(LeaseTiming::new(Duration::ZERO, Duration::ZERO, Duration::ZERO).is_err());
     }
 }

@@ -12,10 +12,10 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
-pub mod autoscale;
 pub mod backoff;
 pub mod conditions;
 pub mod context;
+pub mod controller;
 pub mod device;
 pub mod duration;
 pub mod fleet;

@@ -2,16 +2,25 @@
 //!
 //! 1. `/live` answers at once; `/ready` turns 200 once this replica is a standby (the Lease is
 //!    held by another replica) or leads with controllers running, so rolling updates proceed;
-//!    `tether_operator_leader` says which replica leads.
-//! 2. Leader election ([`crate::lease`]): only the Lease holder loads anchors and reconciles. A
-//!    replica that loses the Lease stops its controllers and [`run`] returns
-//!    [`RunError::LostLease`] so the process restarts as a follower.
+//!    `tether_operator_leader` says which replica leads. Metrics go to this operator's own
+//!    `Registry` ([`Metrics::register`]), served on its `/metrics`.
+//! 2. Leader election ([`crate::lease`]): only the Lease holder loads anchors and reconciles. The
+//!    holder renews every `--retry-period`, each attempt bounded by the time left. When
+//!    `--renew-deadline` (shorter than `--lease-duration`) passes without a successful renewal,
+//!    or another replica holds the Lease, it **drops its controllers at once** (in-flight
+//!    reconciles are cancelled, not awaited: a reconcile stuck on a dead connection must not
+//!    outlive leadership) and [`run`] returns [`RunError::LostLease`], so the process exits
+//!    non-zero and the Deployment restarts it as a standby with fresh state (client-go
+//!    components exit the same way). A standby takes over only after `renewTime +
+//!    leaseDuration`, by when the old leader has stopped: there is never a moment with two
+//!    leaders, given clocks that agree within the margin.
 //! 3. Trust anchors ([`crate::trust::load_or_create`]). When a Secret is malformed the operator
 //!    never overwrites it: it logs the error, marks every Device and DeviceStream it watches
-//!    `Ready=False/TrustAnchorInvalid` (with a Warning Event), and retries every `--trust-retry`
-//!    until the Secret is fixed or deleted; controllers start only then.
+//!    `Ready=False/TrustAnchorInvalid` (with a Warning Event, [`crate::trust::report`]), and
+//!    retries every `--trust-retry` until the Secret is fixed or deleted; controllers start only
+//!    then.
 //! 4. Device, DeviceStream and RelayPool controllers, until `shutdown` fires (SIGTERM/SIGINT in
-//!    `main`); the Lease is then released.
+//!    `main`); they finish in-flight reconciles, then the Lease is released.
 
 use std::sync::{
     Arc,
@@ -19,26 +28,20 @@ use std::sync::{
 };
 
 use futures_util::future::join_all;
-use k8s_openapi::jiff::Timestamp;
 use kube::{
-    Api, Client, ResourceExt,
-    api::ListParams,
-    runtime::events::{EventType, Recorder, Reporter},
+    Client,
+    runtime::events::{Recorder, Reporter},
 };
-use tether_api::{
-    Device, DeviceStatus, DeviceStream, DeviceStreamStatus,
-    conditions::{reasons, status, types},
-};
+use prometheus::Registry;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     Context,
     args::{Args, Controller},
-    conditions::{Desired, find, merge},
     context::OperatorConfig,
-    k8s,
-    lease::LeaseLock,
-    metrics,
+    lease::{LeaseLock, LeaseTiming},
+    metrics::Metrics,
     trust::{self, TrustAnchors, TrustError},
 };
 
@@ -48,6 +51,12 @@ pub enum RunError {
     /// No Kubernetes client configuration.
     #[error("cannot create a Kubernetes client: {0}")]
     Client(#[source] kube::Error),
+    /// The leader-election flags are out of order.
+    #[error("invalid leader-election timing: {0}")]
+    LeaseTiming(String),
+    /// The metric families cannot be registered (a name registered twice: a bug).
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
     /// The admin port cannot be bound.
     #[error("cannot bind the admin listener {addr}: {source}")]
     Admin {
@@ -57,8 +66,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    /// Another replica took the Lease, or renewing it kept failing.
-    #[error("lost the leader Lease; restarting as a follower")]
+    /// Another replica took the Lease, or no renewal succeeded within the renew deadline; the
+    /// controllers were stopped before a standby could take over.
+    #[error("lost the leader Lease; controllers stopped, exiting so the replica restarts as a standby")]
     LostLease,
 }
 
@@ -81,6 +91,9 @@ pub async fn run_with_client(
     args: Args,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let timing = args.lease_timing().map_err(RunError::LeaseTiming)?;
+    let registry = Registry::new();
+    let metrics = Arc::new(Metrics::register(&registry).map_err(RunError::Metrics)?);
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
@@ -91,7 +104,7 @@ pub async fn run_with_client(
     tracing::info!(addr = %listener.local_addr().unwrap_or(args.admin_addr), "admin server listening");
     let admin = tokio::spawn(tether_net::admin::serve(
         listener,
-        metrics::registry().clone(),
+        registry,
         ready.clone(),
         shutdown.child_token(),
     ));
@@ -101,12 +114,20 @@ pub async fn run_with_client(
         &args.namespace,
         &args.lease_name,
         &args.identity,
-        args.lease_duration,
+        timing.duration,
     );
-    let result = lead(&client, &args, &lock, &ready, &shutdown).await;
+    let replica = Replica {
+        client: &client,
+        args: &args,
+        lock: &lock,
+        timing,
+        metrics: &metrics,
+        ready: &ready,
+    };
+    let result = replica.lead(&shutdown).await;
     ready.store(false, Ordering::Relaxed);
-    metrics::metrics().leader.set(0);
-    if let Err(e) = lock.release().await {
+    metrics.leader.set(0);
+    if let Err(e) = lock.release_within(timing.retry_period).await {
         tracing::warn!(error = %e, "cannot release the Lease");
     }
     shutdown.cancel();
@@ -114,264 +135,237 @@ pub async fn run_with_client(
     result
 }
 
-async fn lead(
-    client: &Client,
-    args: &Args,
-    lock: &LeaseLock,
-    ready: &AtomicBool,
-    shutdown: &CancellationToken,
-) -> Result<(), RunError> {
-    // Wait for leadership.
-    loop {
-        match lock.try_acquire_or_renew().await {
-            Ok(true) => break,
-            // A standby is healthy: ready, so rolling updates of the Deployment can proceed.
-            Ok(false) => {
-                ready.store(true, Ordering::Relaxed);
-                tracing::debug!("another replica leads");
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot acquire the Lease"),
-        }
+/// One operator replica's view of its process.
+struct Replica<'a> {
+    client: &'a Client,
+    args: &'a Args,
+    lock: &'a LeaseLock,
+    timing: LeaseTiming,
+    metrics: &'a Arc<Metrics>,
+    ready: &'a AtomicBool,
+}
+
+impl Replica<'_> {
+    /// Waits for the Lease, then leads until `shutdown` (`Ok`) or until leadership is lost
+    /// ([`RunError::LostLease`]).
+    async fn lead(&self, shutdown: &CancellationToken) -> Result<(), RunError> {
+        let Some(acquired) = self.acquire(shutdown).await else {
+            return Ok(());
+        };
+        tracing::info!(identity = %self.args.identity, "acquired the Lease; leading");
+        self.metrics.leader.set(1);
+
+        // `leading` stops the controllers gracefully (shutdown); `lost` drops them at once.
+        let leading = shutdown.child_token();
+        let lost = CancellationToken::new();
+        let renewer = tokio::spawn(renew(
+            self.lock.clone(),
+            self.timing,
+            acquired,
+            leading.clone(),
+            lost.clone(),
+        ));
+        let work = async {
+            let recorder = Recorder::new(
+                self.client.clone(),
+                Reporter {
+                    controller: "tether-operator".into(),
+                    instance: Some(self.args.identity.clone()),
+                },
+            );
+            let Some(trust) = self.load_trust(&recorder, &leading).await else {
+                return;
+            };
+            self.controllers(recorder, trust, &leading).await;
+        };
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            () = tokio::time::sleep(lock.retry_period()) => {}
+            biased;
+            () = lost.cancelled() => {
+                // Dropping `work` cancels every in-flight reconcile here, before the renew
+                // deadline has passed by more than a scheduling delay.
+                tracing::error!("stopped reconciling: leadership lost");
+            }
+            () = work => {}
         }
-    }
-    tracing::info!(identity = %args.identity, "acquired the Lease; leading");
-    metrics::metrics().leader.set(1);
-
-    // Stop everything when leadership is lost or on shutdown.
-    let leading = shutdown.child_token();
-    let lost = Arc::new(AtomicBool::new(false));
-    let renewer = tokio::spawn(renew(lock.clone(), leading.clone(), lost.clone()));
-
-    let reporter = Reporter {
-        controller: "tether-operator".into(),
-        instance: Some(args.identity.clone()),
-    };
-    let recorder = Recorder::new(client.clone(), reporter);
-    let Some(trust) = load_trust(client, args, &recorder, &leading).await else {
+        self.metrics.leader.set(0);
         leading.cancel();
         let _ = renewer.await;
-        return if lost.load(Ordering::Relaxed) {
+        if lost.is_cancelled() {
             Err(RunError::LostLease)
         } else {
             Ok(())
-        };
-    };
-    match tether_net::pki::not_after_unix(trust.ca_pem()) {
-        Ok(t) => metrics::metrics()
-            .trust_anchor_expiry
-            .with_label_values(&["ca"])
-            .set(t),
-        Err(e) => tracing::warn!(error = %e, "cannot read the CA certificate's expiry"),
+        }
     }
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        recorder,
-        config: OperatorConfig {
-            namespace: args.namespace.clone(),
-            trust_domain: args.trust_domain.clone(),
-        },
-        trust,
-    });
-    ready.store(true, Ordering::Relaxed);
-    let mut controllers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
-    let watch = args.watch_namespace.clone();
-    if args.runs(Controller::Device) {
-        controllers.push(Box::pin(crate::device::controller(
-            ctx.clone(),
-            watch.clone(),
-            leading.clone(),
-        )));
+
+    /// Retries every retry period until this replica holds the Lease (returns when the
+    /// successful attempt started, which is no later than the `renewTime` it wrote) or `shutdown`.
+    async fn acquire(&self, shutdown: &CancellationToken) -> Option<Instant> {
+        self.metrics.leader.set(0);
+        loop {
+            let started = Instant::now();
+            match self
+                .lock
+                .try_acquire_or_renew_within(self.timing.retry_period)
+                .await
+            {
+                Ok(true) => return Some(started),
+                // A standby is healthy: ready, so rolling updates of the Deployment can proceed.
+                Ok(false) => {
+                    self.ready.store(true, Ordering::Relaxed);
+                    tracing::debug!("another replica leads");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot acquire the Lease"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(self.timing.retry_period) => {}
+            }
+        }
     }
-    if args.runs(Controller::DeviceStream) {
-        controllers.push(Box::pin(crate::stream::controller(
-            ctx.clone(),
-            watch,
-            leading.clone(),
-        )));
+
+    /// Runs the enabled controllers until `leading` is cancelled.
+    async fn controllers(&self, recorder: Recorder, trust: TrustAnchors, leading: &CancellationToken) {
+        let args = self.args;
+        match tether_net::pki::not_after_unix(trust.ca_pem()) {
+            Ok(t) => self.metrics.trust_anchor_expiry.with_label_values(&["ca"]).set(t),
+            Err(e) => tracing::warn!(error = %e, "cannot read the CA certificate's expiry"),
+        }
+        let ctx = Arc::new(Context::new(
+            self.client.clone(),
+            recorder,
+            OperatorConfig {
+                namespace: args.namespace.clone(),
+                trust_domain: args.trust_domain.clone(),
+            },
+            trust,
+            self.metrics.clone(),
+        ));
+        self.ready.store(true, Ordering::Relaxed);
+        let mut controllers: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+        let watch = args.watch_namespace.clone();
+        if args.runs(Controller::Device) {
+            controllers.push(Box::pin(crate::device::controller(
+                ctx.clone(),
+                watch.clone(),
+                leading.clone(),
+            )));
+        }
+        if args.runs(Controller::DeviceStream) {
+            controllers.push(Box::pin(crate::stream::controller(
+                ctx.clone(),
+                watch,
+                leading.clone(),
+            )));
+        }
+        if args.runs(Controller::RelayPool) {
+            controllers.push(Box::pin(crate::relaypool::controller(
+                ctx.clone(),
+                leading.clone(),
+            )));
+        }
+        tracing::info!(controllers = ?args.controllers, "starting controllers");
+        join_all(controllers).await;
     }
-    if args.runs(Controller::RelayPool) {
-        controllers.push(Box::pin(crate::relaypool::controller(
-            ctx.clone(),
-            leading.clone(),
-        )));
-    }
-    tracing::info!(controllers = ?args.controllers, "starting controllers");
-    join_all(controllers).await;
-    leading.cancel();
-    let _ = renewer.await;
-    if lost.load(Ordering::Relaxed) {
-        Err(RunError::LostLease)
-    } else {
-        Ok(())
+
+    /// Loads the trust anchors, retrying until they load or `stop` fires (then `None`).
+    async fn load_trust(&self, recorder: &Recorder, stop: &CancellationToken) -> Option<TrustAnchors> {
+        let args = self.args;
+        loop {
+            match trust::load_or_create(self.client, &args.namespace).await {
+                Ok(anchors) => return Some(anchors),
+                Err(e @ TrustError::Malformed { .. }) => {
+                    tracing::error!(error = %e, "trust anchor is malformed; not overwriting it. Reconciling is paused");
+                    trust::report::report_invalid(
+                        self.client,
+                        args.watch_namespace.as_deref(),
+                        recorder,
+                        &e.to_string(),
+                    )
+                    .await;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot load trust anchors; retrying"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = tokio::time::sleep(args.trust_retry) => {}
+            }
+        }
     }
 }
 
-/// Renews the Lease every retry period; cancels `leading` (setting `lost`) when another replica
-/// holds it or renewals have failed for a whole lease duration.
-async fn renew(lock: LeaseLock, leading: CancellationToken, lost: Arc<AtomicBool>) {
-    let mut last_ok = tokio::time::Instant::now();
+/// Renews the Lease every retry period until `leading` is cancelled. Cancels `lost` when another
+/// replica holds the Lease, or when `timing.renew_deadline` has passed since the start of the last
+/// successful renewal (`last_ok`; each attempt is bounded by the time left, so a hung call
+/// cannot carry it past the deadline). A standby can only take over `leaseDuration` after that
+/// renewal's `renewTime` (written after `last_ok`), which is later still.
+async fn renew(
+    lock: LeaseLock,
+    timing: LeaseTiming,
+    mut last_ok: Instant,
+    leading: CancellationToken,
+    lost: CancellationToken,
+) {
     loop {
+        let deadline = last_ok + timing.renew_deadline;
         tokio::select! {
             () = leading.cancelled() => return,
-            () = tokio::time::sleep(lock.retry_period()) => {}
+            () = tokio::time::sleep(timing.retry_period) => {}
+            () = tokio::time::sleep_until(deadline) => {}
         }
-        match lock.try_acquire_or_renew().await {
-            Ok(true) => last_ok = tokio::time::Instant::now(),
+        let started = Instant::now();
+        let left = deadline.saturating_duration_since(started);
+        if left.is_zero() {
+            tracing::error!(
+                renew_deadline = ?timing.renew_deadline,
+                "no Lease renewal succeeded within the renew deadline; stopping controllers"
+            );
+            break;
+        }
+        match lock
+            .try_acquire_or_renew_within(left.min(timing.retry_period))
+            .await
+        {
+            Ok(true) => last_ok = started,
             Ok(false) => {
                 tracing::error!("another replica holds the Lease; stopping controllers");
                 break;
             }
-            Err(e) if last_ok.elapsed() < lock.retry_period() * 3 => {
-                tracing::warn!(error = %e, "Lease renewal failed")
-            }
             Err(e) => {
-                tracing::error!(error = %e, "Lease renewals failed for a whole lease duration; stopping controllers");
-                break;
+                tracing::warn!(error = %e, left = ?left, "Lease renewal failed; retrying until the renew deadline")
             }
         }
     }
-    lost.store(true, Ordering::Relaxed);
-    leading.cancel();
+    lost.cancel();
 }
 
-/// Loads the trust anchors, retrying until they load or `stop` fires (then `None`).
-async fn load_trust(
-    client: &Client,
-    args: &Args,
-    recorder: &Recorder,
-    stop: &CancellationToken,
-) -> Option<TrustAnchors> {
-    loop {
-        match trust::load_or_create(client, &args.namespace).await {
-            Ok(anchors) => return Some(anchors),
-            Err(e @ TrustError::Malformed { .. }) => {
-                tracing::error!(error = %e, "trust anchor is malformed; not overwriting it. Reconciling is paused");
-                report_trust_invalid(client, args, recorder, &e.to_string()).await;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot load trust anchors; retrying"),
-        }
-        tokio::select! {
-            () = stop.cancelled() => return None,
-            () = tokio::time::sleep(args.trust_retry) => {}
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
 
-/// Marks every watched Device and DeviceStream `Ready=False/TrustAnchorInvalid`.
-async fn report_trust_invalid(client: &Client, args: &Args, recorder: &Recorder, message: &str) {
-    let ctx_events = EventSink { recorder };
-    let (devices, streams): (Api<Device>, Api<DeviceStream>) = match &args.watch_namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    let ready = Desired::new(
-        types::READY,
-        status::FALSE,
-        reasons::TRUST_ANCHOR_INVALID,
-        message,
-    );
-    match devices.list(&ListParams::default()).await {
-        Ok(list) => {
-            for d in list.items {
-                let current = d.status.clone().unwrap_or_default();
-                let conditions = replace_ready(&current.conditions, &ready, d.metadata.generation);
-                let desired = DeviceStatus {
-                    credentials_secret: current.credentials_secret.clone(),
-                    certificate_expires_at: current.certificate_expires_at.clone(),
-                    observed_generation: d.metadata.generation,
-                    conditions,
-                    ..DeviceStatus::default()
-                };
-                ctx_events
-                    .mark(client, &d, &current.conditions, &desired.conditions, &desired)
-                    .await;
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot list Devices to report the trust anchor problem"),
-    }
-    match streams.list(&ListParams::default()).await {
-        Ok(list) => {
-            for s in list.items {
-                let current = s.status.clone().unwrap_or_default();
-                let conditions = replace_ready(&current.conditions, &ready, s.metadata.generation);
-                let desired = DeviceStreamStatus {
-                    phase: current.phase,
-                    endpoint: current.endpoint.clone(),
-                    relay: current.relay.clone(),
-                    token_secret: current.token_secret.clone(),
-                    expires_at: current.expires_at.clone(),
-                    observed_generation: s.metadata.generation,
-                    conditions,
-                    ..DeviceStreamStatus::default()
-                };
-                ctx_events
-                    .mark(client, &s, &current.conditions, &desired.conditions, &desired)
-                    .await;
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot list DeviceStreams to report the trust anchor problem"),
-    }
-}
+    use super::*;
 
-fn replace_ready(
-    existing: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    ready: &Desired,
-    generation: Option<i64>,
-) -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    let mut out = merge(
-        existing,
-        std::slice::from_ref(ready),
-        generation,
-        Timestamp::now(),
-    );
-    out.extend(existing.iter().filter(|c| c.type_ != types::READY).cloned());
-    out
-}
-
-struct EventSink<'a> {
-    recorder: &'a Recorder,
-}
-
-impl EventSink<'_> {
-    async fn mark<K, S>(
-        &self,
-        client: &Client,
-        obj: &K,
-        before: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-        after: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-        status: &S,
-    ) where
-        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-        S: serde::Serialize,
-    {
-        let (b, a) = (find(before, types::READY), find(after, types::READY));
-        if b == a {
-            return;
-        }
-        if let Err(e) = k8s::patch_status(client, obj, status).await {
-            tracing::warn!(error = %e, name = obj.name_any(), "cannot report TrustAnchorInvalid");
-            return;
-        }
-        if b.is_none_or(|b| b.reason != reasons::TRUST_ANCHOR_INVALID) {
-            let event = kube::runtime::events::Event {
-                type_: EventType::Warning,
-                reason: reasons::TRUST_ANCHOR_INVALID.into(),
-                note: a.map(|c| c.message.clone()),
-                action: "LoadTrustAnchors".into(),
-                secondary: None,
-            };
-            if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-                tracing::warn!(error = %e, "cannot publish Event");
-            }
-        }
+    /// The renew loop gives up by the deadline even when every call hangs: the API server here
+    /// is a socket that accepts connections (the kernel's backlog) and never answers.
+    #[tokio::test]
+    async fn a_hung_renewal_stops_leading_at_the_renew_deadline() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", silent.local_addr().expect("addr"));
+        let client = Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("client");
+        let timing = LeaseTiming::new(
+            Duration::from_secs(3),
+            Duration::from_secs(1),
+            Duration::from_millis(200),
+        )
+        .expect("valid");
+        let lock = LeaseLock::new(client, "ns", "l", "me", timing.duration);
+        let (leading, lost) = (CancellationToken::new(), CancellationToken::new());
+        let start = Instant::now();
+        renew(lock, timing, start, leading, lost.clone()).await;
+        assert!(lost.is_cancelled());
+        let took = start.elapsed();
+        assert!(
+            took >= timing.renew_deadline && took < timing.renew_deadline + Duration::from_millis(300),
+            "gave up after {took:?}"
+        );
     }
 }

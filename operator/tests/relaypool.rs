@@ -6,7 +6,7 @@
 
 mod opsupport;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::{
@@ -31,6 +31,7 @@ use tether_api::{Device, DeviceStream, RelayPool};
 use tether_operator::{
     Context,
     context::OperatorConfig,
+    metrics::Metrics,
     relaypool::{self, names},
 };
 use tether_tests::testenv::{TestEnv, eventually};
@@ -42,9 +43,37 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Running {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
 }
 
 impl Running {
+    /// Reconciles the controller has started so far.
+    fn reconciles(&self) -> u64 {
+        self.metrics
+            .reconciles
+            .with_label_values(&[relaypool::CONTROLLER])
+            .get()
+    }
+
+    /// Waits until a reconcile has started after the count `since` and finished (its duration
+    /// observed, so its writes are done).
+    async fn reconciled_since(&self, since: u64) -> anyhow::Result<()> {
+        eventually(WAIT, || async {
+            let done = self
+                .metrics
+                .duration
+                .with_label_values(&[relaypool::CONTROLLER])
+                .get_sample_count();
+            ensure!(
+                self.reconciles() > since && done > since,
+                "no reconcile finished since {since} (started {}, finished {done})",
+                self.reconciles()
+            );
+            Ok(())
+        })
+        .await
+    }
+
     async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.task)
@@ -99,28 +128,35 @@ async fn start_watching(env: &TestEnv, ns: &str, watch: &str) -> anyhow::Result<
     let client = env.service_account_client(ns, "relaypool-operator").await?;
     // Trust anchors are loaded by the operator's start-up code (not under test here): as admin.
     let trust = tether_operator::trust::load_or_create(&admin, ns).await?;
-    let ctx = Context {
-        client: client.clone(),
-        recorder: Recorder::new(
+    // Its own registry: the test reads the controller's reconcile counter from it.
+    let metrics = Arc::new(Metrics::register(&prometheus::Registry::new())?);
+    let ctx = Context::new(
+        client.clone(),
+        Recorder::new(
             client,
             Reporter {
                 controller: "tether-operator".into(),
                 instance: None,
             },
         ),
-        config: OperatorConfig {
+        OperatorConfig {
             namespace: ns.to_owned(),
             trust_domain: "test.tether".into(),
         },
         trust,
-    };
+        metrics.clone(),
+    );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(relaypool::controller_in(
-        std::sync::Arc::new(ctx),
+        Arc::new(ctx),
         Some(watch.to_owned()),
         shutdown.clone(),
     ));
-    Ok(Running { shutdown, task })
+    Ok(Running {
+        shutdown,
+        task,
+        metrics,
+    })
 }
 
 /// `examples/relaypool.yaml` moved into `ns`.
@@ -358,12 +394,14 @@ async fn relaypool_example_yields_owned_children_and_reconciles_idempotently() -
         // reconcile) and compare every child afterwards.
         let before = child_versions(&admin, &ns, "relays").await?;
         let events_before = events_for(&admin, &ns, "relays").await?;
+        let since = ctl.reconciles();
         let touch = json!({"metadata": {"annotations": {"test.tether.dev/touch": "1"}}});
         Api::<RelayPool>::namespaced(admin.clone(), &ns)
             .patch("relays", &PatchParams::default(), &Patch::Merge(&touch))
             .await?;
-        // Long enough for the reconcile and for a rewrite to show in managedFields' seconds.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // A reconcile after the touch must have run (else "nothing changed" proves nothing). The
+        // children were applied seconds ago, so a rewrite would show in managedFields' times.
+        ctl.reconciled_since(since).await?;
         let after = child_versions(&admin, &ns, "relays").await?;
         assert_eq!(before, after, "a second reconcile changed children");
         let pool_after: RelayPool = get(&admin, &ns, "relays").await?;

@@ -18,7 +18,7 @@ pub mod validate;
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::StreamExt as _;
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, ResourceExt,
@@ -33,9 +33,9 @@ use kube::{
 use tether_api::{Device, RelayPool};
 use tether_proto::name::{DeviceKey, NameError};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, instrument};
+use tracing::instrument;
 
-use crate::{Context, k8s, metrics};
+use crate::{Context, controller::ReconcileError, k8s};
 use validate::{CertAction, IssueReason};
 
 /// Controller name (metrics label, logs).
@@ -67,9 +67,8 @@ pub enum Error {
     Status(#[source] kube::Error),
 }
 
-impl Error {
-    /// A stable low-cardinality label for metrics.
-    pub fn metric_label(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn metric_label(&self) -> &'static str {
         match self {
             Self::NotNamespaced => "not_namespaced",
             Self::InvalidName(_) => "invalid_name",
@@ -81,27 +80,13 @@ impl Error {
     }
 }
 
-/// Reconciles one Device.
+/// Reconciles one Device (wrapped by [`crate::controller::run`]: metrics, backoff).
 ///
 /// # Errors
 /// See [`Error`]; the controller retries with backoff.
-#[instrument(skip(obj, ctx), fields(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any()))]
-pub async fn reconcile(obj: Arc<DeserializeGuard<Device>>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = metrics::ReconcileTimer::start(CONTROLLER);
-    let action = reconcile_inner(&obj, &ctx).await?;
-    crate::backoff::succeeded(CONTROLLER, obj.namespace().as_deref(), &obj.name_any());
-    Ok(action)
-}
-
-async fn reconcile_inner(obj: &DeserializeGuard<Device>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let device = match &obj.0 {
-        Ok(device) => device,
-        Err(invalid) => {
-            // The schema should make this impossible; waiting for the next change is all we can do.
-            tracing::warn!(error = %invalid.error, "Device does not deserialize; waiting for a change");
-            return Ok(Action::await_change());
-        }
-    };
+#[instrument(skip(device, ctx), fields(namespace = device.namespace().unwrap_or_default(), name = device.name_any()))]
+pub async fn reconcile(device: Arc<Device>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let (device, ctx) = (device.as_ref(), ctx.as_ref());
     let namespace = device.namespace().ok_or(Error::NotNamespaced)?;
     let name = device.name_any();
     let key = DeviceKey::new(&namespace, &name).map_err(Error::InvalidName)?;
@@ -168,17 +153,6 @@ fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|_| unix.to_string())
 }
 
-/// Retries failed reconciles with a short fixed delay, counting the error by reason.
-pub fn error_policy(obj: Arc<DeserializeGuard<Device>>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(name = obj.name_any(), namespace = obj.namespace().unwrap_or_default(), %error, "Device reconcile failed");
-    metrics::record_error(CONTROLLER, error.metric_label());
-    Action::requeue(crate::backoff::failed(
-        CONTROLLER,
-        obj.namespace().as_deref(),
-        &obj.name_any(),
-    ))
-}
-
 /// Runs the Device controller until `shutdown` fires: watches Devices (in `watch_namespace`, or
 /// all namespaces), RelayPools in the operator's namespace (a changed relay endpoint
 /// re-reconciles every Device), and, when scoped to one namespace, the Secrets Devices own.
@@ -201,24 +175,13 @@ pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shut
     let pool_changes =
         watcher::watcher(pools, Config::default()).filter_map(|ev| async move { ev.ok().map(|_| ()) });
     let mut controller = Controller::new(devices, Config::default());
-    crate::metrics::metrics()
-        .inventory
-        .set_devices(controller.store());
+    ctx.metrics.inventory.set_devices(controller.store());
     if let Some(secrets) = secrets {
         controller = controller.owns(
             secrets,
             Config::default().labels(&format!("{}={}", k8s::MANAGED_BY.0, k8s::MANAGED_BY.1)),
         );
     }
-    controller
-        .reconcile_all_on(pool_changes)
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "Device controller event");
-            }
-        })
-        .instrument(tracing::info_span!("controller", controller = CONTROLLER))
-        .await;
+    let controller = controller.reconcile_all_on(pool_changes);
+    crate::controller::run(CONTROLLER, controller, ctx, shutdown, reconcile).await;
 }

@@ -1,7 +1,7 @@
 //! The RelayPool reconciler: runs and scales the relay fleet.
 //!
 //! Pipeline per STYLE §2: [`observe`] (serving Secret, StatefulSet, ready members, load) →
-//! [`validate`] (spec checks, scaling policy, certificate reuse) → [`crate::autoscale::decide`] →
+//! [`validate`] (spec checks, scaling policy, certificate reuse) → [`autoscale::decide`] →
 //! [`build`] (plain objects) → [`apply`] (server-side apply, controller owner references) →
 //! [`status`] (replicas, members with load, conditions, Events).
 //!
@@ -45,6 +45,7 @@
 //! check), which the `devices`, `devicestreams` and `endpointslices` rows above provide.
 
 pub mod apply;
+pub mod autoscale;
 pub mod build;
 pub mod observe;
 pub mod status;
@@ -77,13 +78,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, instrument, warn};
 
 use self::{
+    autoscale::Previous,
     build::{COMPONENT, TrustMaterial},
-    observe::LoadCaches,
+    observe::Caches,
 };
-use crate::{
-    Context,
-    autoscale::{self, Previous},
-};
+use crate::{Context, controller::ReconcileError};
 
 /// Controller name (metrics label, logs).
 pub const CONTROLLER: &str = "relaypool";
@@ -92,8 +91,6 @@ pub const RESYNC_PERIOD: Duration = Duration::from_secs(30);
 /// At most one load-triggered reconcile of all pools per this period: relays may update Device
 /// and DeviceStream status often, and each pass only needs the newest totals.
 pub const LOAD_TRIGGER_PERIOD: Duration = Duration::from_secs(1);
-/// Retry delay after a failed reconcile.
-const ERROR_REQUEUE: Duration = Duration::from_secs(15);
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -137,9 +134,8 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// A stable, low-cardinality label for metrics and logs.
-    pub fn metric_label(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn metric_label(&self) -> &'static str {
         match self {
             Self::Observe { .. } => "observe",
             Self::Apply { .. } => "apply",
@@ -208,14 +204,6 @@ pub fn required_rbac_rules() -> Vec<PolicyRule> {
         rule("discovery.k8s.io", &["endpointslices"], &read),
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ]
-}
-
-/// What each reconcile gets: the operator context plus the load caches.
-struct PoolContext {
-    ctx: Arc<Context>,
-    caches: LoadCaches,
-    /// Every watched RelayPool (relay-domain uniqueness).
-    pools: reflector::Store<DeserializeGuard<RelayPool>>,
 }
 
 /// Runs the RelayPool controller for all namespaces until `shutdown` is cancelled; see
@@ -298,12 +286,12 @@ pub async fn controller_in(ctx: Arc<Context>, watch_namespace: Option<String>, s
         api::<DeserializeGuard<RelayPool>>(&client, scope),
         watcher::Config::default(),
     );
-    let pctx = Arc::new(PoolContext {
-        ctx: ctx.clone(),
-        caches: LoadCaches { devices, streams },
+    let caches = Caches {
+        devices,
+        streams,
         pools: controller.store(),
-    });
-    controller
+    };
+    let controller = controller
         .owns(api::<StatefulSet>(&client, home), owned.clone())
         .owns(api::<Service>(&client, home), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, home), owned.clone())
@@ -319,38 +307,24 @@ pub async fn controller_in(ctx: Arc<Context>, watch_namespace: Option<String>, s
             let pool = slice.labels().get("app.kubernetes.io/instance")?.clone();
             Some(ObjectRef::new(&pool).within(&slice.namespace()?))
         })
-        .reconcile_all_on(load_trigger)
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, pctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(pool = %obj, "reconciled"),
-                Err(e) => warn!(error = %e, "RelayPool reconcile failed"),
-            }
-        })
-        .await;
-    info!("RelayPool controller stopped");
+        .reconcile_all_on(load_trigger);
+    // The caches are observe-step inputs like the API reads, so they go to `reconcile` alongside
+    // the shared `Context` rather than in a wrapper of it.
+    crate::controller::run(CONTROLLER, controller, ctx, shutdown, move |pool, ctx| {
+        reconcile(pool, ctx, caches.clone())
+    })
+    .await;
 }
 
-fn error_policy(_pool: Arc<DeserializeGuard<RelayPool>>, error: &Error, _ctx: Arc<PoolContext>) -> Action {
-    warn!(error = %error, label = error.metric_label(), "RelayPool reconcile failed; retrying");
-    crate::metrics::record_error(CONTROLLER, error.metric_label());
-    Action::requeue(ERROR_REQUEUE)
-}
-
-/// Reconciles one RelayPool.
-#[instrument(skip_all, fields(pool = %guard.name_any(), namespace = guard.namespace().unwrap_or_default()))]
-async fn reconcile(guard: Arc<DeserializeGuard<RelayPool>>, pctx: Arc<PoolContext>) -> Result<Action, Error> {
-    let _timer = crate::metrics::ReconcileTimer::start(CONTROLLER);
-    let pool = match &guard.0 {
-        Ok(pool) => pool,
-        Err(invalid) => {
-            // The schema should prevent this; nothing sensible can be done until the object changes.
-            warn!(error = %invalid.error, "RelayPool does not deserialize");
-            return Ok(Action::await_change());
-        }
-    };
-    let ctx = &pctx.ctx;
+/// Reconciles one RelayPool (wrapped by [`crate::controller::run`]: metrics, backoff): refuse
+/// pools outside the operator's namespace → validate → observe (API reads, `caches`) → refuse a
+/// taken relay domain → autoscale decision → certificate → build → apply → status → Events.
+///
+/// # Errors
+/// See [`Error`]; the controller retries with backoff.
+#[instrument(skip_all, fields(pool = %pool.name_any(), namespace = pool.namespace().unwrap_or_default()))]
+pub async fn reconcile(pool: Arc<RelayPool>, ctx: Arc<Context>, caches: Caches) -> Result<Action, Error> {
+    let (pool, ctx) = (pool.as_ref(), ctx.as_ref());
     let client = &ctx.client;
     let now = Timestamp::now();
     let previous_status = pool.status.clone().unwrap_or_default();
@@ -396,9 +370,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<RelayPool>>, pctx: Arc<PoolContex
 
     // One pool per relay domain: the oldest keeps it. Rechecked every resync, so the later pool
     // starts once the older one is gone or changes its domain.
-    let pools = pctx.pools.state();
-    let others = pools.iter().filter_map(|g| g.0.as_ref().ok());
-    if let Some(owner) = validate::relay_domain_owner(pool, others) {
+    if let Some(owner) = validate::relay_domain_owner(pool, &caches.pools()) {
         let message = format!(
             "relay domain {:?} is already served by RelayPool {owner:?}; one domain, one pool",
             valid.spec.relay_domain
@@ -415,7 +387,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<RelayPool>>, pctx: Arc<PoolContex
         return Ok(Action::requeue(RESYNC_PERIOD));
     }
 
-    let observed = observe::observe(client, &pctx.caches, ns, name).await?;
+    let observed = observe::observe(client, &caches, ns, name).await?;
 
     let previous = Previous {
         replicas: previous_status.replicas.or(observed.current_replicas()),
@@ -484,9 +456,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<RelayPool>>, pctx: Arc<PoolContex
         &observed,
         now,
     );
-    if new_status != previous_status {
-        status::patch(client, ns, name, &new_status).await?;
-    }
+    status::update(ctx, pool, &new_status).await?;
     if let Some((from, to)) = decision.change(&previous) {
         let load = observed.load.as_ref().map(|l| l.total).unwrap_or_default();
         let load = format!(
@@ -533,9 +503,6 @@ async fn refuse(
     message: String,
     now: Timestamp,
 ) -> Result<(), Error> {
-    let Some(ns) = pool.namespace() else {
-        return Ok(());
-    };
     let already = previous
         .conditions
         .iter()
@@ -545,7 +512,7 @@ async fn refuse(
     }
     warn!(reason, "{message}");
     let refused = status::refused(previous, pool.meta().generation, reason, message.clone(), now);
-    status::patch(&ctx.client, &ns, &pool.name_any(), &refused).await?;
+    status::update(ctx, pool, &refused).await?;
     crate::k8s::publish(ctx, pool, EventType::Warning, reason, "Validate", message).await;
     Ok(())
 }

@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Secret, discovery::v1::EndpointSlice};
-use kube::{Api, Client, api::ListParams, runtime::reflector::Store};
-use tether_api::{Device, DeviceStream};
+use kube::{Api, Client, api::ListParams, core::DeserializeGuard, runtime::reflector::Store};
+use tether_api::{Device, DeviceStream, RelayPool};
 
+use super::autoscale::{PoolLoad, pool_load};
 use super::{Error, names};
-use crate::autoscale::{PoolLoad, pool_load};
 
 /// What the reconcile saw.
 #[derive(Clone, Debug, Default)]
@@ -42,16 +42,28 @@ impl Observed {
     }
 }
 
-/// The caches load is computed from (all namespaces).
+/// The watch caches observe reads besides the API: Devices and DeviceStreams (load) and every
+/// RelayPool (relay-domain uniqueness), all in the controller's watch scope.
 #[derive(Clone)]
-pub struct LoadCaches {
+pub struct Caches {
     /// Every Device.
     pub devices: Store<Device>,
     /// Every DeviceStream.
     pub streams: Store<DeviceStream>,
+    /// Every RelayPool.
+    pub pools: Store<DeserializeGuard<RelayPool>>,
 }
 
-impl LoadCaches {
+impl Caches {
+    /// Every RelayPool that deserializes.
+    pub fn pools(&self) -> Vec<RelayPool> {
+        self.pools
+            .state()
+            .iter()
+            .filter_map(|p| p.0.as_ref().ok().cloned())
+            .collect()
+    }
+
     /// The load of pool `pool`, once both caches have synced.
     pub fn load(&self, pool: &str) -> Option<PoolLoad> {
         if synced(&self.devices) && synced(&self.streams) {
@@ -82,7 +94,7 @@ where
 /// [`Error::Observe`] when the API server refuses a read.
 pub async fn observe(
     client: &Client,
-    caches: &LoadCaches,
+    caches: &Caches,
     namespace: &str,
     pool: &str,
 ) -> Result<Observed, Error> {

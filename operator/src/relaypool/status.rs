@@ -1,13 +1,9 @@
-//! Status step: computes a RelayPool's status (pure) and writes it with server-side apply under
-//! [`crate::STATUS_FIELD_MANAGER`].
+//! Status step: computes a RelayPool's status (pure; conditions through [`crate::conditions`]) and
+//! writes it with [`k8s::patch_status`], as the Device and DeviceStream reconcilers do.
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
-};
-use kube::{
-    Api, Client,
-    api::{Patch, PatchParams},
 };
 use tether_api::{
     RelayPool, RelayPoolStatus,
@@ -15,32 +11,32 @@ use tether_api::{
     relaypool::MemberLoad,
 };
 
-use super::{Error, observe::Observed};
-use crate::autoscale::{Decision, member_ordinal};
+use super::{
+    Error,
+    autoscale::{Decision, member_ordinal},
+    observe::Observed,
+};
+use crate::{
+    Context,
+    conditions::{Desired, merge},
+    k8s,
+};
 
-/// A condition of type `type_`, keeping the previous `lastTransitionTime` when the status did not
-/// change (STYLE §6).
-pub fn condition(
-    previous: &[Condition],
-    type_: &str,
-    status: &str,
-    reason: &str,
+/// The `Ready` condition, keeping its `lastTransitionTime` while its status is unchanged.
+fn ready(
+    previous: &RelayPoolStatus,
+    status: &'static str,
+    reason: &'static str,
     message: String,
     generation: Option<i64>,
     now: Timestamp,
-) -> Condition {
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map_or_else(|| Time(now), |c| c.last_transition_time.clone());
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    }
+) -> Vec<Condition> {
+    merge(
+        &previous.conditions,
+        &[Desired::new(types::READY, status, reason, message)],
+        generation,
+        now,
+    )
 }
 
 fn saturate(n: u64) -> u32 {
@@ -87,27 +83,12 @@ pub fn compute(
     let ready = observed.ready_replicas();
     let wanted = decision.replicas;
     let message = format!("{ready} of {wanted} relays ready");
-    let ready_condition = if ready >= wanted {
-        condition(
-            &previous.conditions,
-            types::READY,
-            cond_status::TRUE,
-            reasons::READY,
-            message,
-            generation,
-            now,
-        )
+    let (status, reason) = if ready >= wanted {
+        (cond_status::TRUE, reasons::READY)
     } else {
-        condition(
-            &previous.conditions,
-            types::READY,
-            cond_status::FALSE,
-            reasons::SCALING,
-            message,
-            generation,
-            now,
-        )
+        (cond_status::FALSE, reasons::SCALING)
     };
+    let conditions = self::ready(previous, status, reason, message, generation, now);
     let last_scale_time = if previous.replicas == Some(wanted) {
         previous.last_scale_time.clone()
     } else {
@@ -120,7 +101,7 @@ pub fn compute(
         last_scale_time,
         low_load_since: decision.low_load_since.map(Time),
         observed_generation: generation,
-        conditions: vec![ready_condition],
+        conditions,
     }
 }
 
@@ -138,56 +119,36 @@ pub fn invalid(
 pub fn refused(
     previous: &RelayPoolStatus,
     generation: Option<i64>,
-    reason: &str,
+    reason: &'static str,
     message: String,
     now: Timestamp,
 ) -> RelayPoolStatus {
-    let ready = condition(
-        &previous.conditions,
-        types::READY,
-        cond_status::FALSE,
-        reason,
-        message,
-        generation,
-        now,
-    );
     RelayPoolStatus {
         observed_generation: generation,
-        conditions: vec![ready],
+        conditions: ready(previous, cond_status::FALSE, reason, message, generation, now),
         ..previous.clone()
     }
 }
 
-/// Writes `status` to pool `name` in `namespace` (server-side apply of the status subresource).
+/// Writes `desired` onto `pool` when it differs from its current status (server-side apply of
+/// the status subresource, [`crate::STATUS_FIELD_MANAGER`]); returns whether it wrote.
 ///
 /// # Errors
 /// [`Error::Status`] when the API server refuses the patch.
-pub async fn patch(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    status: &RelayPoolStatus,
-) -> Result<(), Error> {
-    let body = serde_json::json!({
-        "apiVersion": format!("{}/{}", tether_api::GROUP, tether_api::VERSION),
-        "kind": "RelayPool",
-        "status": status,
-    });
-    Api::<RelayPool>::namespaced(client.clone(), namespace)
-        .patch_status(
-            name,
-            &PatchParams::apply(crate::STATUS_FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
+pub async fn update(ctx: &Context, pool: &RelayPool, desired: &RelayPoolStatus) -> Result<bool, Error> {
+    if pool.status.as_ref() == Some(desired) {
+        return Ok(false);
+    }
+    k8s::patch_status(&ctx.client, pool, desired)
         .await
         .map_err(Error::Status)?;
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::autoscale::{Load, PoolLoad};
+    use crate::relaypool::autoscale::{Load, PoolLoad};
     use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
     use std::collections::{BTreeMap, BTreeSet};
 

@@ -8,8 +8,9 @@ use kube::{Resource, ResourceExt};
 use tether_api::{RelayPool, RelayPoolSpec};
 use tether_net::pki::Issued;
 
+use super::autoscale::Policy;
 use super::build::DNS_NAMES_ANNOTATION;
-use crate::{autoscale::Policy, k8s::secret_str};
+use crate::k8s::secret_str;
 
 /// Longest pool name: the StatefulSet adds `-<10-character revision hash>` to it in a label value
 /// (at most 63 characters), so 52 is the most that works.

@@ -21,7 +21,7 @@ pub mod validate;
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::StreamExt as _;
 use k8s_openapi::{
     api::{core::v1::Secret, discovery::v1::EndpointSlice},
     jiff::Timestamp,
@@ -39,9 +39,9 @@ use kube::{
 use tether_api::{Device, DeviceStream, RelayPool, conditions::reasons};
 use tether_proto::name::{DeviceKey, NameError};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, instrument};
+use tracing::instrument;
 
-use crate::{Context, k8s, metrics};
+use crate::{Context, controller::ReconcileError, k8s};
 use validate::Verdict;
 
 /// Controller name (metrics label, logs).
@@ -67,9 +67,8 @@ pub enum Error {
     Status(#[source] kube::Error),
 }
 
-impl Error {
-    /// A stable low-cardinality label for metrics.
-    pub fn metric_label(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn metric_label(&self) -> &'static str {
         match self {
             Self::Incomplete(_) => "incomplete",
             Self::InvalidName(_) => "invalid_name",
@@ -80,26 +79,13 @@ impl Error {
     }
 }
 
-/// Reconciles one DeviceStream.
+/// Reconciles one DeviceStream (wrapped by [`crate::controller::run`]: metrics, backoff).
 ///
 /// # Errors
 /// See [`Error`]; the controller retries with backoff.
-#[instrument(skip(obj, ctx), fields(namespace = obj.namespace().unwrap_or_default(), name = obj.name_any()))]
-pub async fn reconcile(obj: Arc<DeserializeGuard<DeviceStream>>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = metrics::ReconcileTimer::start(CONTROLLER);
-    let action = reconcile_inner(&obj, &ctx).await?;
-    crate::backoff::succeeded(CONTROLLER, obj.namespace().as_deref(), &obj.name_any());
-    Ok(action)
-}
-
-async fn reconcile_inner(obj: &DeserializeGuard<DeviceStream>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let stream = match &obj.0 {
-        Ok(stream) => stream,
-        Err(invalid) => {
-            tracing::warn!(error = %invalid.error, "DeviceStream does not deserialize; waiting for a change");
-            return Ok(Action::await_change());
-        }
-    };
+#[instrument(skip(stream, ctx), fields(namespace = stream.namespace().unwrap_or_default(), name = stream.name_any()))]
+pub async fn reconcile(stream: Arc<DeviceStream>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let (stream, ctx) = (stream.as_ref(), ctx.as_ref());
     let namespace = stream.namespace().ok_or(Error::Incomplete("a namespace"))?;
     let name = stream.name_any();
     let observed = observe::observe(ctx, &namespace, &name, &stream.spec.device).await?;
@@ -125,28 +111,14 @@ async fn reconcile_inner(obj: &DeserializeGuard<DeviceStream>, ctx: &Arc<Context
         (Verdict::Serve, Some(relay), Some(window)) => {
             let key = DeviceKey::new(&namespace, &stream.spec.device).map_err(Error::InvalidName)?;
             let r = build::route(&key, relay);
-            // Mint once: a token already in the Secret is kept (no re-mint per reconcile) while
-            // it is still right: signed by the current key, for the current relay domain, this
-            // stream, device, port and idle timeout. A rotated token key or a changed relay domain
-            // re-mints.
-            let uid = stream.uid().unwrap_or_default();
-            let now_secs = u64::try_from(now).unwrap_or_default();
-            let existing = observed
-                .secret
-                .as_ref()
-                .and_then(|s| k8s::secret_str(s, "token"))
-                .filter(|token| {
-                    ctx.trust
-                        .verifier()
-                        .verify(token, &relay.domain, now_secs, 0)
-                        .is_ok_and(|c| {
-                            c.stream_uid == uid
-                                && c.device == stream.spec.device
-                                && i32::from(c.port) == stream.spec.port
-                                && c.idle_timeout == validate::idle_timeout(stream).ok().flatten()
-                        })
-                })
-                .map(str::to_owned);
+            // Mint once: a token already in the Secret is kept while it is still right.
+            let existing = validate::reusable_token(
+                observed.secret.as_ref(),
+                &ctx.trust.verifier(),
+                stream,
+                &relay.domain,
+                now,
+            );
             let token = match existing {
                 Some(token) => token,
                 None => {
@@ -179,17 +151,6 @@ async fn reconcile_inner(obj: &DeserializeGuard<DeviceStream>, ctx: &Arc<Context
     })
 }
 
-/// Retries failed reconciles with a short fixed delay, counting the error by reason.
-pub fn error_policy(obj: Arc<DeserializeGuard<DeviceStream>>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(name = obj.name_any(), namespace = obj.namespace().unwrap_or_default(), %error, "DeviceStream reconcile failed");
-    metrics::record_error(CONTROLLER, error.metric_label());
-    Action::requeue(crate::backoff::failed(
-        CONTROLLER,
-        obj.namespace().as_deref(),
-        &obj.name_any(),
-    ))
-}
-
 /// Runs the DeviceStream controller until `shutdown` fires: watches DeviceStreams (in
 /// `watch_namespace`, or all namespaces), their token Secrets, Devices (a changed Device
 /// re-reconciles the streams naming it) and RelayPools in the operator's namespace.
@@ -219,7 +180,7 @@ pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shut
     );
     let controller = Controller::new(streams, Config::default());
     let store = controller.store();
-    crate::metrics::metrics().inventory.set_streams(store.clone());
+    ctx.metrics.inventory.set_streams(store.clone());
     let controller = match secrets {
         Some(secrets) => controller.owns(
             secrets,
@@ -227,7 +188,7 @@ pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shut
         ),
         None => controller,
     };
-    controller
+    let controller = controller
         .watches(
             devices,
             Config::default(),
@@ -242,14 +203,6 @@ pub async fn controller(ctx: Arc<Context>, watch_namespace: Option<String>, shut
                     .collect::<Vec<_>>()
             },
         )
-        .reconcile_all_on(pool_changes)
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "DeviceStream controller event");
-            }
-        })
-        .instrument(tracing::info_span!("controller", controller = CONTROLLER))
-        .await;
+        .reconcile_all_on(pool_changes);
+    crate::controller::run(CONTROLLER, controller, ctx, shutdown, reconcile).await;
 }

@@ -1,8 +1,11 @@
 //! Validate: decide, from plain data, whether a DeviceStream can be served, and its time window.
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt as _;
 use tether_api::{Device, DeviceStream, conditions::reasons};
+use tether_proto::token::TokenVerifier;
 
-use crate::fleet::RelayInfo;
+use crate::{fleet::RelayInfo, k8s::secret_str};
 
 /// The stream's validity window, Unix seconds: `[not_before, expires_at)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +117,29 @@ pub fn verdict(
     Verdict::Serve
 }
 
+/// The token in `secret` if it can stay (no re-mint per reconcile, so a second reconcile changes
+/// nothing): it verifies with the current key (a rotated token key re-mints) for the current
+/// `relay_domain` at `now`, and names this stream's UID, device, port and idle timeout (any
+/// change re-mints). `None` means: mint a new one.
+pub fn reusable_token(
+    secret: Option<&Secret>,
+    verifier: &TokenVerifier,
+    stream: &DeviceStream,
+    relay_domain: &str,
+    now: i64,
+) -> Option<String> {
+    let token = secret_str(secret?, "token")?;
+    let claims = verifier
+        .verify(token, relay_domain, u64::try_from(now).unwrap_or_default(), 0)
+        .ok()?;
+    let uid = stream.uid().unwrap_or_default();
+    let same = claims.stream_uid == uid
+        && claims.device == stream.spec.device
+        && i32::from(claims.port) == stream.spec.port
+        && claims.idle_timeout == idle_timeout(stream).ok().flatten();
+    same.then(|| token.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +168,66 @@ mod tests {
             endpoint: "relay.test:443".into(),
             members: vec!["r-0".into()],
         }
+    }
+
+    #[test]
+    fn a_token_is_reused_only_while_it_matches() {
+        use k8s_openapi::ByteString;
+        use tether_proto::{name::DeviceKey, token::TokenSigner};
+        let s = stream(22);
+        let w = window(&s).unwrap();
+        let now = w.not_before + 10;
+        let key = DeviceKey::new("ns", "pump").unwrap();
+        let signer = TokenSigner::generate();
+        let token = signer.sign(&crate::stream::build::claims(&s, &key, &relay(), w, now).unwrap());
+        let secret = Secret {
+            data: Some([("token".to_owned(), ByteString(token.clone().into_bytes()))].into()),
+            ..Secret::default()
+        };
+        let verifier = signer.verifier();
+        let reuse = |s: &DeviceStream, v: &TokenVerifier, domain: &str, at: i64| {
+            reusable_token(Some(&secret), v, s, domain, at)
+        };
+        assert_eq!(reuse(&s, &verifier, "relay.test", now), Some(token));
+        assert_eq!(
+            reusable_token(None, &verifier, &s, "relay.test", now),
+            None,
+            "no Secret"
+        );
+        assert_eq!(
+            reuse(&s, &verifier, "other.test", now),
+            None,
+            "relay domain changed"
+        );
+        assert_eq!(
+            reuse(&s, &TokenSigner::generate().verifier(), "relay.test", now),
+            None,
+            "key rotated"
+        );
+        assert_eq!(
+            reuse(&s, &verifier, "relay.test", w.expires_at + 1),
+            None,
+            "expired"
+        );
+        assert_eq!(
+            reuse(&stream(80), &verifier, "relay.test", now),
+            None,
+            "port changed"
+        );
+        let mut idle = s.clone();
+        idle.spec.idle_timeout = Some("15m".into());
+        assert_eq!(
+            reuse(&idle, &verifier, "relay.test", now),
+            None,
+            "idle timeout changed"
+        );
+        let mut other = s.clone();
+        other.metadata.uid = Some("u2".into());
+        assert_eq!(
+            reuse(&other, &verifier, "relay.test", now),
+            None,
+            "another stream"
+        );
     }
 
     #[test]

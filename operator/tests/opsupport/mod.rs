@@ -179,6 +179,8 @@ pub fn args(ns: &str, watch_ns: &str, identity: &str) -> Args {
         lease_name: "tether-operator".into(),
         identity: identity.into(),
         lease_duration: Duration::from_secs(15),
+        renew_deadline: Duration::from_secs(10),
+        retry_period: Duration::from_secs(2),
         trust_retry: Duration::from_secs(1),
         controllers: vec![Controller::Device, Controller::DeviceStream],
     }

@@ -3,7 +3,9 @@
 //!
 //! They are created when absent and never overwritten: a Secret that exists but is malformed is
 //! an error the operator reports (condition `TrustAnchorInvalid`) rather than silently replacing
-//! the trust every device and relay depends on.
+//! the trust every device and relay depends on ([`report`] marks the objects it blocks).
+
+pub mod report;
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -34,13 +34,15 @@ pub struct Args {
     pub lease_duration: Duration,
     /// How long the leader keeps reconciling without a successful renewal; then it stops its
     /// controllers and exits. Must be shorter than `--lease-duration`, so the leader has stopped
-    /// before any standby can take over (client-go's 15 s / 10 s / 2 s).
-    #[arg(long, env = "TETHER_RENEW_DEADLINE", default_value = "10s", value_parser = crate::duration::parse)]
-    pub renew_deadline: Duration,
+    /// before any standby can take over. Default: two thirds of the lease duration (client-go's
+    /// 10 s of 15 s).
+    #[arg(long, env = "TETHER_RENEW_DEADLINE", value_parser = crate::duration::parse)]
+    pub renew_deadline: Option<Duration>,
     /// How often the leader renews and a standby tries to acquire the Lease; also the timeout of
-    /// each attempt. Must be shorter than `--renew-deadline`.
-    #[arg(long, env = "TETHER_RETRY_PERIOD", default_value = "2s", value_parser = crate::duration::parse)]
-    pub retry_period: Duration,
+    /// each attempt. Must be shorter than `--renew-deadline`. Default: 2/15 of the lease duration
+    /// (client-go's 2 s of 15 s).
+    #[arg(long, env = "TETHER_RETRY_PERIOD", value_parser = crate::duration::parse)]
+    pub retry_period: Option<Duration>,
     /// How often to retry loading trust anchors that are malformed or unreadable.
     #[arg(long, env = "TETHER_TRUST_RETRY", default_value = "30s", value_parser = crate::duration::parse)]
     pub trust_retry: Duration,
@@ -68,17 +70,47 @@ pub enum Controller {
 }
 
 impl Args {
-    /// The leader-election timing, checked: `retry period < renew deadline < lease duration`,
+    /// The leader-election timing (defaults in client-go's proportions of `--lease-duration`),
+    /// checked: `retry period < renew deadline < lease duration`,
     /// the lease duration a whole number of seconds of at least 1 s.
     ///
     /// # Errors
     /// A message naming the flags that break the order.
     pub fn lease_timing(&self) -> Result<crate::lease::LeaseTiming, String> {
-        crate::lease::LeaseTiming::new(self.lease_duration, self.renew_deadline, self.retry_period)
+        let lease = self.lease_duration;
+        crate::lease::LeaseTiming::new(
+            lease,
+            self.renew_deadline.unwrap_or(lease * 2 / 3),
+            self.retry_period.unwrap_or(lease * 2 / 15),
+        )
     }
 
     /// Whether `controller` is enabled.
     pub fn runs(&self, controller: Controller) -> bool {
         self.controllers.contains(&controller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::*;
+
+    #[test]
+    fn verify_cli_and_lease_defaults() {
+        Args::command().debug_assert();
+        let t = Args::parse_from(["tether-operator"]).lease_timing().unwrap();
+        let s = Duration::from_secs;
+        assert_eq!(
+            (t.duration, t.renew_deadline, t.retry_period),
+            (s(15), s(10), s(2))
+        );
+        let t = Args::parse_from(["tether-operator", "--lease-duration", "30s"])
+            .lease_timing()
+            .unwrap();
+        assert_eq!((t.renew_deadline, t.retry_period), (s(20), s(4)));
+        let bad = Args::parse_from(["tether-operator", "--renew-deadline", "15s"]);
+        assert!(bad.lease_timing().is_err());
     }
 }

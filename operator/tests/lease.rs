@@ -229,8 +229,8 @@ async fn a_leader_cut_off_from_the_api_stops_before_the_standby_leads() -> anyho
             let mut a = args(&ns, &ns, identity);
             a.admin_addr = addr;
             a.lease_duration = Duration::from_secs(4);
-            a.renew_deadline = Duration::from_secs(2);
-            a.retry_period = Duration::from_millis(500);
+            a.renew_deadline = Some(Duration::from_secs(2));
+            a.retry_period = Some(Duration::from_millis(500));
             a
         };
         // Replica A talks to the API server only through the cutoff.

@@ -185,8 +185,10 @@ async fn device_credentials_are_issued_once_renewed_when_due_and_cleaned_up() ->
         // Idempotent: another reconcile changes neither the Secret nor the conditions.
         let rv = secret_rv(&admin, &ns, secret).await?;
         let ready_since = cond(&st.conditions, "Ready").map(|c| c.last_transition_time.clone());
+        let since = operator.reconciles("device").await?;
         poke::<Device>(&admin, &ns, "pump-7").await?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The reconcile the poke caused must have run, or "nothing changed" proves nothing.
+        operator.reconciled_since("device", since).await?;
         ensure!(
             secret_rv(&admin, &ns, secret).await? == rv,
             "a second reconcile rewrote the Secret"
@@ -371,8 +373,9 @@ async fn stream_token_is_minted_once_then_expires_and_is_cleaned_up() -> anyhow:
 
         // Minted once: another reconcile changes nothing.
         let rv = secret_rv(&admin, &ns, secret).await?;
+        let since = operator.reconciles("devicestream").await?;
         poke::<DeviceStream>(&admin, &ns, "ssh").await?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        operator.reconciled_since("devicestream", since).await?;
         ensure!(
             secret_rv(&admin, &ns, secret).await? == rv,
             "a second reconcile rewrote the token Secret"

@@ -153,11 +153,39 @@ pub struct Operator {
     pub shutdown: CancellationToken,
     /// Its task; `Ok` after a clean shutdown.
     pub task: JoinHandle<Result<(), tether_operator::RunError>>,
+    /// Its admin listener (`/metrics`).
+    pub admin: std::net::SocketAddr,
     env: TestEnv,
     _guard: TempNs,
 }
 
 impl Operator {
+    /// Finished reconciles of `controller` (`tether_operator_reconcile_duration_seconds_count`,
+    /// observed when a reconcile ends) from its `/metrics` (its own registry).
+    pub async fn reconciles(&self, controller: &str) -> anyhow::Result<f64> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(self.admin).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let samples = tether_net::admin::parse_exposition(body).map_err(anyhow::Error::msg)?;
+        let key = format!("tether_operator_reconcile_duration_seconds_count{{controller=\"{controller}\"}}");
+        Ok(samples.get(&key).copied().unwrap_or_default())
+    }
+
+    /// Waits until a reconcile of `controller` has finished since its count was `since`, so
+    /// "nothing changed" checks after it mean something.
+    pub async fn reconciled_since(&self, controller: &str, since: f64) -> anyhow::Result<()> {
+        tether_tests::testenv::eventually(Duration::from_secs(30), || async {
+            let now = self.reconciles(controller).await?;
+            anyhow::ensure!(now > since, "no {controller} reconcile since {since}");
+            Ok(())
+        })
+        .await
+    }
+
     /// Stops the operator and checks it shut down cleanly.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
@@ -179,8 +207,8 @@ pub fn args(ns: &str, watch_ns: &str, identity: &str) -> Args {
         lease_name: "tether-operator".into(),
         identity: identity.into(),
         lease_duration: Duration::from_secs(15),
-        renew_deadline: Duration::from_secs(10),
-        retry_period: Duration::from_secs(2),
+        renew_deadline: None,
+        retry_period: None,
         trust_retry: Duration::from_secs(1),
         controllers: vec![Controller::Device, Controller::DeviceStream],
     }
@@ -206,15 +234,15 @@ pub async fn start_operator_in(env: &TestEnv, op: TempNs, watch_ns: &str) -> any
     bind_device_namespace(env, &ns, watch_ns)?;
     let client = env.service_account_client(&ns, "tether-operator").await?;
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(tether_operator::run_with_client(
-        client,
-        args(&ns, watch_ns, "test-operator"),
-        shutdown.clone(),
-    ));
+    let mut args = args(&ns, watch_ns, "test-operator");
+    args.admin_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let admin = args.admin_addr;
+    let task = tokio::spawn(tether_operator::run_with_client(client, args, shutdown.clone()));
     Ok(Operator {
         ns,
         shutdown,
         task,
+        admin,
         env: env.clone(),
         _guard: op,
     })

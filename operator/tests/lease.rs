@@ -46,6 +46,19 @@ async fn leader_gauge(addr: std::net::SocketAddr) -> anyhow::Result<f64> {
         .context("no tether_operator_leader")
 }
 
+/// Waits (30 s) until `identity` holds the Lease.
+async fn wait_holder(api: &Api<Lease>, identity: &str) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(30), || async {
+        let now = holder(api).await?;
+        ensure!(
+            now.as_deref() == Some(identity),
+            "{identity} does not lead yet (holder {now:?})"
+        );
+        Ok(())
+    })
+    .await
+}
+
 async fn holder(api: &Api<Lease>) -> anyhow::Result<Option<String>> {
     Ok(api
         .get_opt("tether-operator")
@@ -79,11 +92,7 @@ async fn one_replica_leads_and_the_standby_takes_over() -> anyhow::Result<()> {
         };
         let (addr_a, addr_b) = (free_addr()?, free_addr()?);
         let (stop_a, task_a) = start("replica-a", addr_a).await?;
-        eventually(Duration::from_secs(30), || async {
-            ensure!(holder(&leases).await?.as_deref() == Some("replica-a"), "a does not lead yet");
-            Ok(())
-        })
-        .await?;
+        wait_holder(&leases, "replica-a").await?;
         let (stop_b, task_b) = start("replica-b", addr_b).await?;
 
         // Admin endpoints of the leader; the standby is ready too (rolling updates must proceed).
@@ -249,11 +258,7 @@ async fn a_leader_cut_off_from_the_api_stops_before_the_standby_leads() -> anyho
             quick("replica-a", addr_a),
             stop_a.clone(),
         ));
-        eventually(Duration::from_secs(30), || async {
-            ensure!(holder(&leases).await?.as_deref() == Some("replica-a"), "a does not lead yet");
-            Ok(())
-        })
-        .await?;
+        wait_holder(&leases, "replica-a").await?;
         let device = |name: &str| {
             format!(
                 "apiVersion: tether.dev/v1alpha1\nkind: Device\nmetadata: {{name: {name}, namespace: {ns}}}\n\

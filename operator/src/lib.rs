@@ -7,7 +7,9 @@
 //!
 //! Each reconciler follows observe → validate → build → apply (server-side apply, owner
 //! references) → status (conditions, observedGeneration, Events); `validate` and `build` take
-//! plain data and never a client.
+//! plain data and never a client. [`controller::run`] is the driver they share (metrics,
+//! per-object backoff, shutdown); everything a reconcile needs is in one [`Context`] per operator
+//! (no process-wide state). [`run()`] adds leader election ([`lease`]) and the admin server.
 
 #![forbid(unsafe_code)]
 

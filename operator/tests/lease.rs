@@ -46,6 +46,17 @@ async fn leader_gauge(addr: std::net::SocketAddr) -> anyhow::Result<f64> {
         .context("no tether_operator_leader")
 }
 
+/// CRDs and the shipped RBAC with operator and device namespace `ns`; the admin client and the
+/// Lease API there.
+fn install(env: &TestEnv, ns: &str) -> anyhow::Result<(kube::Client, Api<Lease>)> {
+    opsupport::install_crds(env)?;
+    opsupport::apply_shipped_rbac(env, ns)?;
+    opsupport::bind_device_namespace(env, ns, ns)?;
+    let admin = env.client();
+    let leases = Api::namespaced(admin.clone(), ns);
+    Ok((admin, leases))
+}
+
 /// Waits (30 s) until `identity` holds the Lease.
 async fn wait_holder(api: &Api<Lease>, identity: &str) -> anyhow::Result<()> {
     eventually(Duration::from_secs(30), || async {
@@ -73,11 +84,7 @@ async fn one_replica_leads_and_the_standby_takes_over() -> anyhow::Result<()> {
         return Ok(());
     };
     env.with_temp_ns("op-lease", |env, ns| async move {
-        opsupport::install_crds(&env)?;
-        opsupport::apply_shipped_rbac(&env, &ns)?;
-        opsupport::bind_device_namespace(&env, &ns, &ns)?;
-        let admin = env.client();
-        let leases: Api<Lease> = Api::namespaced(admin.clone(), &ns);
+        let (admin, leases) = install(&env, &ns)?;
         let start = |identity: &'static str, addr| {
             let env = env.clone();
             let ns = ns.clone();
@@ -216,11 +223,7 @@ async fn a_leader_cut_off_from_the_api_stops_before_the_standby_leads() -> anyho
         return Ok(());
     };
     env.with_temp_ns("op-cutoff", |env, ns| async move {
-        opsupport::install_crds(&env)?;
-        opsupport::apply_shipped_rbac(&env, &ns)?;
-        opsupport::bind_device_namespace(&env, &ns, &ns)?;
-        let admin = env.client();
-        let leases: Api<Lease> = Api::namespaced(admin.clone(), &ns);
+        let (admin, leases) = install(&env, &ns)?;
         let url = &env.config().cluster_url;
         let upstream = tokio::net::lookup_host(format!(
             "{}:{}",

@@ -31,22 +31,6 @@ fn device() -> DeviceKey {
     DeviceKey::parse("plant-a/pump-7").unwrap()
 }
 
-/// An echo server; returns its address.
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 struct Setup {
     bed: Testbed,
     agent: tether_cli::testbed::RunningAgent,
@@ -59,7 +43,7 @@ async fn setup(limits: Limits) -> Setup {
     tether_net::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let bed = Testbed::start(&dir.path().join("pki"), limits).await.unwrap();
-    let echo = echo_server().await;
+    let echo = tether_net::testing::echo_server().await.unwrap();
     let config = bed.agent_config(&device(), &BTreeMap::from([(7, echo)])).unwrap();
     let mut agent = bed.spawn_agent(config).unwrap();
     agent.connected(10 * SECOND).await.unwrap();
@@ -481,7 +465,7 @@ async fn service_waits_for_a_device_that_connects_late() {
     tether_net::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let bed = Testbed::start(dir.path(), Limits::default()).await.unwrap();
-    let echo = echo_server().await;
+    let echo = tether_net::testing::echo_server().await.unwrap();
     let token = bed.token(&device(), 7, Duration::from_secs(60)).unwrap();
     let target = bed.target(&device(), 7, &token).unwrap();
     let client = tokio::spawn(async move { transfer(&target, 4096).await });
@@ -821,7 +805,7 @@ async fn the_revocation_file_cuts_devices_and_streams_and_survives_bad_edits() {
     })
     .await
     .unwrap();
-    let echo = echo_server().await;
+    let echo = tether_net::testing::echo_server().await.unwrap();
     let mut agent = bed
         .spawn_agent(bed.agent_config(&device(), &BTreeMap::from([(7, echo)])).unwrap())
         .unwrap();

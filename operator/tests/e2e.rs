@@ -6,12 +6,7 @@
 
 mod opsupport;
 
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use opsupport::{apply, secret_value, ssh::Sshd, start_operator};

@@ -27,10 +27,15 @@
 
 use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
-use clap::Parser;
 use serde::Deserialize;
 use tether_net::h2io::{DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_STREAMS};
 use tether_proto::name::DeviceKey;
+
+use crate::allow::{allowlist, parse_allow_flag};
+pub use crate::{
+    allow::{AllowEntry, Target},
+    args::Args,
+};
 
 /// Default SPIFFE trust domain of device identities (the operator's default).
 pub const DEFAULT_TRUST_DOMAIN: &str = "tether.local";
@@ -79,78 +84,11 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: &'static str, message: impl fmt::Display) -> ConfigError {
+pub(crate) fn invalid(key: &'static str, message: impl fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         key,
         message: message.to_string(),
     }
-}
-
-/// Command-line flags. Every flag can also be given as a `TETHER_AGENT_*` environment variable,
-/// and overrides the same key of the config file.
-#[derive(Debug, Clone, Default, Parser)]
-#[command(
-    name = "tether-agent",
-    version,
-    about = "Tether device agent: serves streams from a relay to local ports"
-)]
-pub struct Args {
-    /// TOML configuration file (keys are the long flag names).
-    #[arg(long, short = 'c', env = "TETHER_AGENT_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Relay address, host:port.
-    #[arg(long, env = "TETHER_AGENT_RELAY")]
-    pub relay: Option<String>,
-    /// Relay domain: the agent sends SNI <device>.<namespace>.<relay-domain>.
-    #[arg(long, env = "TETHER_AGENT_RELAY_DOMAIN")]
-    pub relay_domain: Option<String>,
-    /// Name the relay's certificate must carry (default: the relay domain).
-    #[arg(long, env = "TETHER_AGENT_RELAY_NAME")]
-    pub relay_name: Option<String>,
-    /// Device, <namespace>/<name> (default: taken from the certificate's URI SAN).
-    #[arg(long, env = "TETHER_AGENT_DEVICE")]
-    pub device: Option<String>,
-    /// SPIFFE trust domain of device identities [default: tether.local].
-    #[arg(long, env = "TETHER_AGENT_TRUST_DOMAIN")]
-    pub trust_domain: Option<String>,
-    /// Device certificate chain, PEM file.
-    #[arg(long, env = "TETHER_AGENT_CERT")]
-    pub cert: Option<PathBuf>,
-    /// Device private key, PEM file.
-    #[arg(long, env = "TETHER_AGENT_KEY")]
-    pub key: Option<PathBuf>,
-    /// CA bundle trusted for the relay's certificate, PEM file.
-    #[arg(long, env = "TETHER_AGENT_CA")]
-    pub ca: Option<PathBuf>,
-    /// Allowed target port: PORT (served on 127.0.0.1:PORT) or PORT=HOST:TARGETPORT. Repeatable or
-    /// comma-separated; replaces the file's `allow` list.
-    #[arg(long, env = "TETHER_AGENT_ALLOW", value_delimiter = ',')]
-    pub allow: Vec<String>,
-    /// Maximum concurrent streams on the device connection [default: 256].
-    #[arg(long, env = "TETHER_AGENT_MAX_STREAMS")]
-    pub max_streams: Option<u32>,
-    /// Interval between HTTP/2 PINGs to the relay [default: 20s].
-    #[arg(long, env = "TETHER_AGENT_KEEPALIVE_INTERVAL", value_parser = humantime::parse_duration)]
-    pub keepalive_interval: Option<Duration>,
-    /// How long a PING may go unanswered before reconnecting [default: 20s].
-    #[arg(long, env = "TETHER_AGENT_KEEPALIVE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub keepalive_timeout: Option<Duration>,
-    /// First reconnect delay ceiling, doubled per failure [default: 500ms].
-    #[arg(long, env = "TETHER_AGENT_BACKOFF_BASE", value_parser = humantime::parse_duration)]
-    pub backoff_base: Option<Duration>,
-    /// Largest reconnect delay [default: 30s].
-    #[arg(long, env = "TETHER_AGENT_BACKOFF_CAP", value_parser = humantime::parse_duration)]
-    pub backoff_cap: Option<Duration>,
-    /// Time in-flight streams get to finish on shutdown [default: 30s].
-    #[arg(long, env = "TETHER_AGENT_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Option<Duration>,
-    /// Log filter, e.g. `info` or `tether_agent=debug` (RUST_LOG wins when set) [default: info].
-    #[arg(long, env = "TETHER_AGENT_LOG_LEVEL")]
-    pub log_level: Option<String>,
-    /// Serve Prometheus metrics (`/metrics`, `/live`, `/ready`) on this address, e.g.
-    /// 127.0.0.1:9464 (needs an agent built with the `metrics` feature) [default: off].
-    #[arg(long, env = "TETHER_AGENT_METRICS_LISTEN")]
-    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The configuration file, as written. Every key is optional here; [`Config::from_args`] checks
@@ -197,75 +135,6 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// See [`Args::metrics_listen`].
     pub metrics_listen: Option<std::net::SocketAddr>,
-}
-
-/// One entry of the file's `allow` list.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "a port number or a table { port = N, target = \"host:port\" }"
-)]
-pub enum AllowEntry {
-    /// Serve this port on `127.0.0.1`.
-    Port(u16),
-    /// Serve this port by connecting to `target`.
-    Target {
-        /// The port services ask for.
-        port: u16,
-        /// Where to connect, `host:port`.
-        target: String,
-    },
-}
-
-/// Where an allowed port is served.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// Host name or IP address (without brackets).
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl Target {
-    /// The loopback target for `port`, the default for a bare allowlist entry.
-    pub fn local(port: u16) -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port,
-        }
-    }
-
-    /// Parses `host:port`, `[v6]:port` or `v6` in brackets.
-    ///
-    /// # Errors
-    /// When the port is absent or not a number, or the host is empty.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (host, port) = text
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{text:?} is not host:port"))?;
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let port: u16 = port.parse().map_err(|_| format!("{text:?} has no valid port"))?;
-        if host.is_empty() || port == 0 {
-            return Err(format!("{text:?} is not host:port"));
-        }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
 }
 
 /// Reconnect backoff settings (full-jitter exponential; see [`crate::connector::Backoff`]).
@@ -583,46 +452,10 @@ fn parse_relay(text: &str) -> Result<(String, u16), ConfigError> {
     Ok((target.host, target.port))
 }
 
-fn parse_allow_flag(text: &str) -> Result<AllowEntry, ConfigError> {
-    let text = text.trim();
-    match text.split_once('=') {
-        None => text
-            .parse()
-            .map(AllowEntry::Port)
-            .map_err(|_| invalid("allow", format!("{text:?} is not a port"))),
-        Some((port, target)) => Ok(AllowEntry::Target {
-            port: port
-                .trim()
-                .parse()
-                .map_err(|_| invalid("allow", format!("{port:?} is not a port")))?,
-            target: target.trim().to_owned(),
-        }),
-    }
-}
-
-fn allowlist(entries: Vec<AllowEntry>) -> Result<BTreeMap<u16, Target>, ConfigError> {
-    let mut map = BTreeMap::new();
-    for entry in entries {
-        let (port, target) = match entry {
-            AllowEntry::Port(port) => (port, Target::local(port)),
-            AllowEntry::Target { port, target } => {
-                (port, Target::parse(&target).map_err(|e| invalid("allow", e))?)
-            }
-        };
-        if port == 0 {
-            return Err(invalid("allow", "port 0 is not a port"));
-        }
-        if map.insert(port, target).is_some() {
-            return Err(invalid("allow", format!("port {port} is listed twice")));
-        }
-    }
-    Ok(map)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
 
     const MINIMAL: &str = r#"
         relay = "relay.example.com:443"

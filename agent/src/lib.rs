@@ -1,7 +1,8 @@
 //! The Tether device agent: dials out to a relay, authenticates with its device certificate, and
 //! serves the streams the relay opens to local target ports in its allowlist.
 //!
-//! * [`config`]: the TOML file and flags, validated before anything is dialled.
+//! * [`config`]: the TOML file merged with the flags ([`args`]) and the allowlist ([`allow`]),
+//!   validated before anything is dialled.
 //! * [`connector`]: TCP (direct or via `HTTPS_PROXY`), TLS 1.3, the preface, reconnect backoff.
 //! * `session`: HTTP/2 with reversed roles (the agent is the server), keepalive, drain.
 //! * `forward`: one stream — allowlist, local dial, splice.
@@ -23,6 +24,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod allow;
+pub mod args;
 pub mod config;
 pub mod connector;
 mod forward;

@@ -156,22 +156,6 @@ async fn open(
     (status, error, stream)
 }
 
-/// A local TCP echo server; returns its port.
-async fn echo_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    port
-}
-
 async fn wait_state(rx: &mut watch::Receiver<AgentState>, want: impl Fn(&AgentState) -> bool) -> AgentState {
     timeout(WAIT, rx.wait_for(|s| want(s)))
         .await
@@ -203,7 +187,7 @@ async fn serves_streams_refuses_and_shuts_down() {
     let pki = pki();
     let (std_listener, relay_port) = relay_listener();
     let listener = TcpListener::from_std(std_listener).unwrap();
-    let echo = echo_server().await;
+    let echo = tether_net::testing::echo_server().await.unwrap().port();
     // A port that was free a moment ago: nothing listens there.
     let dead = TcpListener::bind("127.0.0.1:0")
         .await
@@ -298,7 +282,7 @@ async fn reconnects_after_drop_refusal_and_dead_keepalive() {
     let pki = pki();
     let (std_listener, relay_port) = relay_listener();
     let listener = TcpListener::from_std(std_listener).unwrap();
-    let echo = echo_server().await;
+    let echo = tether_net::testing::echo_server().await.unwrap().port();
     let mut config = agent_config(&pki, relay_port, BTreeMap::from([(echo, Target::local(echo))]));
     config.keepalive_interval = Duration::from_millis(100);
     config.keepalive_timeout = Duration::from_millis(200);

@@ -31,22 +31,6 @@ fn device() -> DeviceKey {
     DeviceKey::parse("plant-a/pump-7").unwrap()
 }
 
-/// An echo server; returns its address.
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 struct Setup {
     bed: Testbed,
     agent: tether_cli::testbed::RunningAgent,
@@ -59,7 +43,7 @@ async fn setup(limits: Limits) -> Setup {
     tether_net::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let bed = Testbed::start(&dir.path().join("pki"), limits).await.unwrap();
-    let echo = echo_server().await;
+    let echo = tether_net::testing::echo_server().await.unwrap();
     let config = bed.agent_config(&device(), &BTreeMap::from([(7, echo)])).unwrap();
     let mut agent = bed.spawn_agent(config).unwrap();
     agent.connected(10 * SECOND).await.unwrap();
@@ -77,9 +61,42 @@ impl Setup {
         self.bed.target(&device(), port, &token).unwrap()
     }
 
-    async fn metrics(&self) -> String {
-        http_get(self.bed.admin_addr, "/metrics").await
+    async fn metrics(&self) -> Scrape {
+        scrape(self.bed.admin_addr).await
     }
+
+    /// Waits until `series` has `value` (a signal instead of a sleep), and returns the scrape.
+    async fn metric_reaches(&self, series: &str, value: f64, within: Duration) -> Scrape {
+        let deadline = Instant::now() + within;
+        loop {
+            let m = self.metrics().await;
+            if m.0.get(series) == Some(&value) || Instant::now() >= deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// One parsed scrape of `/metrics`: series compared by exact value, never by substring (which let
+/// `} 2` pass for 201).
+struct Scrape(BTreeMap<String, f64>);
+
+impl Scrape {
+    /// The value of `series` written as the encoder writes it (labels sorted by name).
+    fn get(&self, series: &str) -> f64 {
+        *self
+            .0
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} missing from {:#?}", self.0.keys().collect::<Vec<_>>()))
+    }
+}
+
+async fn scrape(addr: SocketAddr) -> Scrape {
+    let response = http_get(addr, "/metrics").await;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    Scrape(tether_net::admin::parse_exposition(body).unwrap())
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -114,14 +131,14 @@ async fn echo_through_the_tunnel_and_metrics() {
     assert_eq!(got, b"hello device");
     drop(stream);
     let metrics = s.metrics().await;
-    assert!(metrics.contains("tether_relay_connected_devices 1"), "{metrics}");
-    assert!(
-        metrics.contains(r#"tether_relay_stream_setups_total{result="ok"} 1"#),
-        "{metrics}"
+    assert_eq!(metrics.get("tether_relay_connected_devices"), 1.0);
+    assert_eq!(
+        metrics.get(r#"tether_relay_stream_setups_total{result="ok"}"#),
+        1.0
     );
-    assert!(
-        metrics.contains(r#"tether_relay_bytes_total{direction="service_to_device"} 12"#),
-        "{metrics}"
+    assert_eq!(
+        metrics.get(r#"tether_relay_bytes_total{direction="service_to_device"}"#),
+        12.0
     );
     assert!(
         http_get(s.bed.admin_addr, "/ready")
@@ -204,12 +221,13 @@ async fn hundred_concurrent_streams_over_one_device_connection() {
         t.await.unwrap();
     }
     let metrics = s.metrics().await;
-    assert!(
-        metrics.contains(r#"tether_relay_stream_setups_total{result="ok"} 100"#),
-        "{metrics}"
+    assert_eq!(
+        metrics.get(r#"tether_relay_stream_setups_total{result="ok"}"#),
+        100.0
     );
-    assert!(
-        metrics.contains("tether_relay_device_sessions_replaced_total 0"),
+    assert_eq!(
+        metrics.get("tether_relay_device_sessions_replaced_total"),
+        0.0,
         "one device connection only"
     );
 }
@@ -275,12 +293,9 @@ async fn reconnecting_device_replaces_its_stale_session() {
     agent.stop().await;
     let took = transfer(&target, 1024).await;
     assert!(took < 10 * SECOND);
-    let metrics = http_get(bed.admin_addr, "/metrics").await;
-    assert!(
-        metrics.contains("tether_relay_device_sessions_replaced_total 1"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("tether_relay_connected_devices 1"), "{metrics}");
+    let metrics = scrape(bed.admin_addr).await;
+    assert_eq!(metrics.get("tether_relay_device_sessions_replaced_total"), 1.0);
+    assert_eq!(metrics.get("tether_relay_connected_devices"), 1.0);
     second.stop().await;
 }
 
@@ -346,9 +361,9 @@ async fn bad_tokens_are_refused_with_their_reason() {
     // The relay is unharmed: a good token still works.
     transfer(&s.target(7), 1024).await;
     let metrics = s.metrics().await;
-    assert!(
-        metrics.contains(r#"tether_relay_stream_setups_total{result="token_expired"} 1"#),
-        "{metrics}"
+    assert_eq!(
+        metrics.get(r#"tether_relay_stream_setups_total{result="token_expired"}"#),
+        1.0
     );
 }
 
@@ -413,9 +428,9 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
         .unwrap()
         .expect("the busy connection stayed open and kept echoing");
     let metrics = s.metrics().await;
-    assert!(
-        metrics.contains(r#"tether_relay_streams_closed_by_relay_total{reason="idle_timeout"} 1"#),
-        "{metrics}"
+    assert_eq!(
+        metrics.get(r#"tether_relay_streams_closed_by_relay_total{reason="idle_timeout"}"#),
+        1.0
     );
 }
 
@@ -450,7 +465,7 @@ async fn service_waits_for_a_device_that_connects_late() {
     tether_net::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let bed = Testbed::start(dir.path(), Limits::default()).await.unwrap();
-    let echo = echo_server().await;
+    let echo = tether_net::testing::echo_server().await.unwrap();
     let token = bed.token(&device(), 7, Duration::from_secs(60)).unwrap();
     let target = bed.target(&device(), 7, &token).unwrap();
     let client = tokio::spawn(async move { transfer(&target, 4096).await });
@@ -556,11 +571,10 @@ async fn device_identity_comes_only_from_a_certificate_of_our_ca() {
             .await
             .accepted
     );
-    let metrics = http_get(bed.admin_addr, "/metrics").await;
-    assert!(
-        metrics
-            .contains(r#"tether_relay_handshake_failures_total{reason="identity_mismatch",side="device"} 1"#),
-        "{metrics}"
+    let metrics = scrape(bed.admin_addr).await;
+    assert_eq!(
+        metrics.get(r#"tether_relay_handshake_failures_total{reason="identity_mismatch",side="device"}"#),
+        1.0
     );
 }
 
@@ -596,14 +610,19 @@ async fn silent_and_garbage_clients_do_not_delay_a_legitimate_stream() {
         "legitimate stream took {took:?} behind silent clients"
     );
     // Once the handshake deadline passes the silent clients are cut off and counted.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let metrics = s.metrics().await;
-    assert!(
-        metrics.contains(r#"reason="handshake_timeout",side="unknown"} 2"#),
-        "{metrics}"
-    );
-    assert!(metrics.contains(r#"reason="bad_client_hello""#), "{metrics}");
-    assert!(metrics.contains("tether_relay_pending_handshakes 0"), "{metrics}");
+    let metrics = s
+        .metric_reaches("tether_relay_pending_handshakes", 0.0, 5 * SECOND)
+        .await;
+    // Exact counts: the 200 silent clients and the half ClientHello time out, the three
+    // garbage openings are refused at once.
+    let failures = |reason: &str| {
+        metrics.get(&format!(
+            r#"tether_relay_handshake_failures_total{{reason="{reason}",side="unknown"}}"#
+        ))
+    };
+    assert_eq!(failures("handshake_timeout"), 201.0);
+    assert_eq!(failures("bad_client_hello"), 3.0);
+    assert_eq!(metrics.get("tether_relay_pending_handshakes"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,20 +636,29 @@ async fn pending_handshake_cap_refuses_excess_connections_immediately() {
     for _ in 0..5 {
         idle.push(TcpStream::connect(s.bed.relay_addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // All five hold their slot before the sixth comes.
+    let held = s
+        .metric_reaches("tether_relay_pending_handshakes", 5.0, 5 * SECOND)
+        .await;
+    assert_eq!(held.get("tether_relay_pending_handshakes"), 5.0);
     // The sixth is closed at once rather than queued.
     let mut sixth = TcpStream::connect(s.bed.relay_addr).await.unwrap();
     let mut buf = [0u8; 1];
     let closed = tokio::time::timeout(2 * SECOND, sixth.read(&mut buf)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
     drop(idle);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.metric_reaches("tether_relay_pending_handshakes", 0.0, 5 * SECOND)
+        .await;
     transfer(&s.target(7), 1024).await;
     let metrics = s.metrics().await;
-    assert!(
-        metrics.contains(r#"reason="too_many_pending_handshakes""#),
-        "{metrics}"
-    );
+    let failures = |reason: &str| {
+        metrics.get(&format!(
+            r#"tether_relay_handshake_failures_total{{reason="{reason}",side="unknown"}}"#
+        ))
+    };
+    // The sixth was refused; the five idle ones closed before their ClientHello.
+    assert_eq!(failures("too_many_pending_handshakes"), 1.0);
+    assert_eq!(failures("closed_early"), 5.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -685,11 +713,12 @@ async fn one_source_cannot_take_every_pending_handshake_slot() {
     let took = started.elapsed();
     assert!(reply.accepted, "{}", reply.message);
     assert!(took < SECOND, "device handshake took {took:?}");
-    let metrics = s.metrics().await;
-    assert!(
-        metrics.contains(r#"reason="too_many_pending_from_source""#),
-        "{metrics}"
-    );
+    // Every socket beyond the source's share was refused.
+    let refused =
+        r#"tether_relay_handshake_failures_total{reason="too_many_pending_from_source",side="unknown"}"#;
+    let expected = (1100 - Limits::default().max_pending_handshakes_per_source) as f64;
+    let metrics = s.metric_reaches(refused, expected, 5 * SECOND).await;
+    assert_eq!(metrics.get(refused), expected);
     drop(silent);
 }
 
@@ -756,10 +785,10 @@ async fn a_revoked_device_is_cut_and_refused_until_lifted() {
     tokio::time::sleep(SECOND).await;
     assert!(!s.bed.relay.is_connected(&device()));
     let metrics = s.metrics().await;
-    assert!(
-        metrics.contains(r#"tether_relay_handshake_failures_total{reason="device_revoked",side="device"}"#),
-        "{metrics}"
-    );
+    // The agent retries with backoff, so the count is at least its first refused attempt.
+    let refused =
+        metrics.get(r#"tether_relay_handshake_failures_total{reason="device_revoked",side="device"}"#);
+    assert!(refused >= 1.0, "device_revoked counted {refused} times");
     // Lifted: it reconnects by itself.
     s.bed.relay.lift_device(&device());
     assert!(eventually(5 * SECOND, || s.bed.relay.is_connected(&device())).await);
@@ -776,7 +805,7 @@ async fn the_revocation_file_cuts_devices_and_streams_and_survives_bad_edits() {
     })
     .await
     .unwrap();
-    let echo = echo_server().await;
+    let echo = tether_net::testing::echo_server().await.unwrap();
     let mut agent = bed
         .spawn_agent(bed.agent_config(&device(), &BTreeMap::from([(7, echo)])).unwrap())
         .unwrap();
@@ -896,7 +925,7 @@ async fn hostile_clients_from_several_addresses_do_not_lock_out_a_device() {
     }
     tokio::time::sleep(SECOND).await;
     let metrics = s.metrics().await;
-    assert!(metrics.contains("tether_relay_pending_handshakes 0"), "{metrics}");
+    assert_eq!(metrics.get("tether_relay_pending_handshakes"), 0.0);
     let growth_mib = during.saturating_sub(before) / 1024;
     println!(
         "hostile clients: device handshake {took:?}; RSS {} MiB before, {} MiB with 2,000 hostile \

@@ -232,70 +232,65 @@ mod tests {
         assert_eq!(Proxy::parse("http://[::1]", "").unwrap().port, 80);
     }
 
+    /// A one-connection CONNECT proxy on `listener`: reads the request head, answers 200 and
+    /// splices to `127.0.0.1:target_port`. Resolves with the head it read.
+    fn scripted_proxy(listener: TcpListener, target_port: u16) -> tokio::task::JoinHandle<String> {
+        tokio::spawn(async move {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(client.read_u8().await.unwrap());
+            }
+            let mut upstream = TcpStream::connect(("127.0.0.1", target_port)).await.unwrap();
+            client.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            tokio::spawn(async move { tokio::io::copy_bidirectional(&mut client, &mut upstream).await });
+            String::from_utf8(head).unwrap()
+        })
+    }
+
+    /// Dials `127.0.0.1:<target>` through a scripted proxy on `proxy_ip` with `userinfo`, checks
+    /// bytes arrive, and returns the head the proxy read.
+    async fn tunnel_through(proxy_ip: &str, userinfo: &str) -> (String, u16) {
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_port = target.local_addr().unwrap().port();
+        let proxy = TcpListener::bind((proxy_ip, 0)).await.unwrap();
+        let proxy_port = proxy.local_addr().unwrap().port();
+        let head = scripted_proxy(proxy, target_port);
+        let host = if proxy_ip.contains(':') {
+            format!("[{proxy_ip}]")
+        } else {
+            proxy_ip.to_owned()
+        };
+        let p = Proxy::parse(&format!("http://{userinfo}@{host}:{proxy_port}"), "").unwrap();
+        let mut s = dial("127.0.0.1", target_port, Some(&p)).await.unwrap();
+        let (mut t, _) = target.accept().await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        t.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        (head.await.unwrap(), target_port)
+    }
+
     /// Through a proxy listening on `[::1]` only, the exact `Proxy-Authorization` bytes for a
     /// password with every character form decoding mangled.
     #[tokio::test]
     async fn tunnels_through_an_ipv6_proxy_with_special_characters_in_the_password() {
-        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let target_port = target.local_addr().unwrap().port();
-        let proxy = TcpListener::bind("[::1]:0").await.unwrap();
-        let proxy_port = proxy.local_addr().unwrap().port();
+        let (head, _) = tunnel_through("::1", "u:p+ss&w%25rd%3Ax").await;
         let expected = base64::engine::general_purpose::STANDARD.encode("u:p+ss&w%rd:x");
-        let checked = tokio::spawn(async move {
-            let (mut client, _) = proxy.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                head.push(client.read_u8().await.unwrap());
-            }
-            let head = String::from_utf8(head).unwrap();
-            let mut upstream = TcpStream::connect(("127.0.0.1", target_port)).await.unwrap();
-            client.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-            tokio::spawn(async move { tokio::io::copy_bidirectional(&mut client, &mut upstream).await });
-            head
-        });
-        let p = Proxy::parse(&format!("http://u:p+ss&w%25rd%3Ax@[::1]:{proxy_port}"), "").unwrap();
-        let mut s = dial("127.0.0.1", target_port, Some(&p)).await.unwrap();
-        let head = checked.await.unwrap();
         assert!(
             head.contains(&format!("\r\nProxy-Authorization: Basic {expected}\r\n")),
             "{head}"
         );
-        let (mut t, _) = target.accept().await.unwrap();
-        s.write_all(b"ping").await.unwrap();
-        let mut got = [0u8; 4];
-        t.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"ping");
     }
 
     #[tokio::test]
     async fn tunnels_through_a_connect_proxy_with_basic_auth() {
-        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let target_port = target.local_addr().unwrap().port();
-        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy_port = proxy.local_addr().unwrap().port();
-        // A minimal CONNECT proxy that checks credentials and then splices.
-        tokio::spawn(async move {
-            let (mut client, _) = proxy.accept().await.unwrap();
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                head.push(client.read_u8().await.unwrap());
-            }
-            let head = String::from_utf8(head).unwrap();
-            assert!(head.starts_with(&format!("CONNECT 127.0.0.1:{target_port} HTTP/1.1")));
-            assert!(head.contains("Proxy-Authorization: Basic dTpw")); // base64("u:p")
-            let mut upstream = TcpStream::connect(("127.0.0.1", target_port)).await.unwrap();
-            client.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-            tokio::io::copy_bidirectional(&mut client, &mut upstream)
-                .await
-                .ok();
-        });
-        let p = Proxy::parse(&format!("http://u:p@127.0.0.1:{proxy_port}"), "").unwrap();
-        let mut s = dial("127.0.0.1", target_port, Some(&p)).await.unwrap();
-        let (mut t, _) = target.accept().await.unwrap();
-        s.write_all(b"ping").await.unwrap();
-        let mut got = [0u8; 4];
-        t.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"ping");
+        let (head, target_port) = tunnel_through("127.0.0.1", "u:p").await;
+        assert!(
+            head.starts_with(&format!("CONNECT 127.0.0.1:{target_port} HTTP/1.1")),
+            "{head}"
+        );
+        assert!(head.contains("Proxy-Authorization: Basic dTpw"), "{head}"); // base64("u:p")
     }
 
     #[tokio::test]

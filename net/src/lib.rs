@@ -9,6 +9,7 @@
 //! * `admin` (feature `admin`): the `/metrics`, `/ready`, `/live` server of relays, the operator and
 //!   (feature `metrics`) the agent.
 //! * [`signal`]: SIGTERM/SIGINT as a graceful shutdown, a second signal as an exit.
+//! * `testing` (feature `test-util`): helpers for the workspace's tests.
 //! * [`telemetry`]: the binaries' log subscriber and, with feature `otel`, OTLP trace export
 //!   configured by the standard `OTEL_*` variables; W3C `traceparent` helpers.
 //!
@@ -25,6 +26,8 @@ pub mod pki;
 pub mod rewind;
 pub mod signal;
 pub mod telemetry;
+#[cfg(feature = "test-util")]
+pub mod testing;
 pub mod tls;
 
 /// Installs the process-wide rustls crypto provider (ring). Binaries call it first thing in `main`;

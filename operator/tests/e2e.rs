@@ -6,12 +6,7 @@
 
 mod opsupport;
 
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use opsupport::{apply, secret_value, ssh::Sshd, start_operator};
@@ -24,20 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 const DOMAIN: &str = "relay.test";
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn echo_server() -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    Ok(addr)
-}
 
 /// Builds a connect target from a DeviceStream's token Secret.
 async fn target_from_secret(
@@ -131,8 +112,13 @@ async fn device_and_stream_secrets_open_a_tunnel_through_a_real_relay_and_agent(
         );
         agent_config.device = Some(device.clone());
         agent_config.proxy_from_env = false;
-        let echo = echo_server().await?;
+        let echo = tether_net::testing::echo_server().await?;
         let sshd = Sshd::start(dir.path()).await?;
+        // Under CI the OpenSSH part must run: a missing sshd is a failure, not a note.
+        ensure!(
+            sshd.is_some() || !tether_net::testing::required("TETHER_REQUIRE_OPENSSH"),
+            "OpenSSH part required (CI=true or TETHER_REQUIRE_OPENSSH) but it needs root, /usr/sbin/sshd and ssh"
+        );
         let mut allow = BTreeMap::from([(7, tether_agent::config::Target { host: echo.ip().to_string(), port: echo.port() })]);
         if let Some(sshd) = &sshd {
             allow.insert(22, tether_agent::config::Target { host: "127.0.0.1".into(), port: sshd.port });
@@ -178,7 +164,7 @@ async fn device_and_stream_secrets_open_a_tunnel_through_a_real_relay_and_agent(
             stop_fwd.cancel();
             let _ = fwd.await;
         } else {
-            eprintln!("note: OpenSSH part skipped (needs root, /usr/sbin/sshd and ssh)");
+            eprintln!("note: OpenSSH part skipped (needs root, /usr/sbin/sshd and ssh; CI requires it)");
         }
 
         drop(stream);

@@ -313,11 +313,15 @@ def measure(ns_a, ns_b, cfg):
         # What the sender's buffers still hold drains at the link rate: time the whole transfer
         # to the receiver's end of stream, not the sender's last write.
         s.shutdown(socket.SHUT_WR)
-        while len(received) == before and time.monotonic() - t0 < 20:
+        # The server records each connection when it ends; the RTT probe's empty connection may
+        # be recorded late (a loaded machine), so wait for the one that carried the bulk.
+        def bulk():
+            return max(received[before:], default=0)
+        while not bulk() and time.monotonic() - t0 < 30:
             time.sleep(0.01)
         s.close()
-        if len(received) > before:
-            mbit = received[-1] * 8 / (time.monotonic() - t0) / 1e6
+        if bulk():
+            mbit = bulk() * 8 / (time.monotonic() - t0) / 1e6
     try:
         server.shutdown(socket.SHUT_RDWR)  # wakes the accept() in the server thread
     except OSError:

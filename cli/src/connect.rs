@@ -1,5 +1,7 @@
 //! The service side of a tunnel: open a stream through the relay, for `--stdio` (ssh
-//! `ProxyCommand`) or `--listen` (a local port forward, one stream per accepted connection).
+//! `ProxyCommand`: one HTTP/1.1 `CONNECT`, one TLS connection) or `--listen` (a local port
+//! forward: one stream per accepted connection, all on one multiplexed HTTP/2 connection,
+//! [`crate::mux`]).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -16,6 +18,8 @@ use tokio::{
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tracing::Instrument;
+
+use crate::mux::Mux;
 
 /// Why a stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +55,9 @@ pub enum ConnectError {
     /// The relay's answer was not HTTP.
     #[error("relay sent a malformed answer: {0}")]
     Protocol(String),
+    /// The multiplexed connection failed, or was closed (GOAWAY), before the relay answered.
+    #[error("relay connection lost before the relay answered: {0}")]
+    Connection(String),
     /// I/O after setup.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -109,7 +116,7 @@ impl ConnectError {
     /// offline device are final.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Dial { .. } | Self::Tls { .. } => true,
+            Self::Dial { .. } | Self::Tls { .. } | Self::Connection(_) => true,
             Self::Protocol(m) => m.contains("before answering"),
             Self::Refused { status, reason, .. } => *status == 503 && reason == "device_moving",
             Self::Io(_) => false,
@@ -127,15 +134,21 @@ pub async fn open(target: &Target) -> Result<Stream, ConnectError> {
     // The root of the stream setup's trace, all attempts included; the relay and the agent join
     // it via `traceparent`.
     let span = tracing::info_span!("connect", device = %target.device, port = target.port);
-    open_retrying(target).instrument(span).await
+    retrying(|| open_once(target)).instrument(span).await
 }
 
-async fn open_retrying(target: &Target) -> Result<Stream, ConnectError> {
+/// Runs `attempt` until it succeeds, fails for good, or [`MAX_ATTEMPTS`] / [`RETRY_BUDGET`] run
+/// out, waiting 50 ms, 100 ms, … (at most 2 s) between attempts.
+pub(crate) async fn retrying<T, F, Fut>(mut once: F) -> Result<T, ConnectError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ConnectError>>,
+{
     let started = tokio::time::Instant::now();
     let mut delay = std::time::Duration::from_millis(50);
     let mut attempt = 1;
     loop {
-        match open_once(target).await {
+        match once().await {
             Ok(s) => return Ok(s),
             Err(e)
                 if e.is_transient() && attempt < MAX_ATTEMPTS && started.elapsed() + delay < RETRY_BUDGET =>
@@ -234,7 +247,16 @@ where
         local.write_all(&early).await?;
         local.flush().await?;
     }
-    tokio::io::copy_bidirectional_with_sizes(local, &mut tls, 64 * 1024, 64 * 1024).await
+    splice(local, &mut tls).await
+}
+
+/// Copies both ways until both directions end, with 64 KiB buffers (four TLS records).
+async fn splice<L, R>(local: &mut L, remote: &mut R) -> std::io::Result<(u64, u64)>
+where
+    L: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    R: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(local, remote, 64 * 1024, 64 * 1024).await
 }
 
 /// `--stdio`: one stream between stdin/stdout and the device (for ssh `ProxyCommand`).
@@ -251,9 +273,10 @@ pub async fn stdio(target: &Target) -> Result<(), ConnectError> {
     Ok(())
 }
 
-/// `--listen`: every connection accepted on `listener` becomes one stream. Runs until `shutdown`.
+/// `--listen`: every connection accepted on `listener` becomes one stream, all of them on one
+/// multiplexed connection to the relay ([`Mux`]). Runs until `shutdown`.
 pub async fn listen(target: Target, listener: TcpListener, shutdown: tokio_util::sync::CancellationToken) {
-    let target = Arc::new(target);
+    let mux = Arc::new(Mux::new(target));
     loop {
         let (mut local, peer): (TcpStream, SocketAddr) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -267,10 +290,10 @@ pub async fn listen(target: Target, listener: TcpListener, shutdown: tokio_util:
             },
         };
         let _ = local.set_nodelay(true);
-        let target = target.clone();
+        let mux = mux.clone();
         tokio::spawn(async move {
-            match open(&target).await {
-                Ok(stream) => match splice_with(stream, &mut local).await {
+            match mux.open().await {
+                Ok(mut stream) => match splice(&mut local, &mut stream).await {
                     Ok((up, down)) => {
                         tracing::info!(%peer, to_device = up, from_device = down, "connection closed")
                     }

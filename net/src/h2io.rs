@@ -127,6 +127,16 @@ impl H2Stream {
     }
 }
 
+impl std::fmt::Debug for H2Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Stream")
+            .field("stream_id", &self.send.stream_id())
+            .field("pending", &self.pending.len())
+            .field("recv_done", &self.recv_done)
+            .finish()
+    }
+}
+
 fn h2_to_io(e: h2::Error) -> io::Error {
     if e.is_io() {
         e.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"))

@@ -17,7 +17,7 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject};
-use tether_proto::{ALPN_DEVICE, ALPN_SERVICE};
+use tether_proto::{ALPN_DEVICE, ALPN_SERVICE, ALPN_SERVICE_H2};
 
 /// Why TLS material could not be loaded or a configuration built.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +169,13 @@ pub fn relay_server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![ALPN_DEVICE.to_vec(), ALPN_SERVICE.to_vec()];
+    // Server preference order (rustls picks the first of these the client offers): a client
+    // offering both `h2` and `http/1.1` gets the multiplexed form.
+    config.alpn_protocols = vec![
+        ALPN_DEVICE.to_vec(),
+        ALPN_SERVICE_H2.to_vec(),
+        ALPN_SERVICE.to_vec(),
+    ];
     // Tickets let reconnecting agents and clients resume without a full handshake. A stateless
     // ticketer (rotating keys, ring) instead of the default 256-entry session cache, which many
     // clients would thrash.

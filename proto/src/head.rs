@@ -93,29 +93,47 @@ pub fn parse_connect(buf: &[u8]) -> Result<Parsed<ConnectRequest>, HeadError> {
         return Err(HeadError::MethodNotAllowed(method.chars().take(16).collect()));
     }
     let target = req.path.unwrap_or_default();
-    let (device, port) = parse_target(target)?;
     let header = |name: &str| {
         req.headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .and_then(|h| std::str::from_utf8(h.value).ok())
     };
-    let token = header("authorization")
+    let request = connect_request(target, header("authorization"), header(crate::HEADER_TRACEPARENT))?;
+    Ok(Parsed::Complete(request, used))
+}
+
+/// Builds a request from its parts: the CONNECT target (HTTP/1.1 request target, or HTTP/2
+/// `:authority`), the `Authorization` header and the `traceparent` header. The HTTP/2 path of the
+/// relay calls this with what h2 decoded (h2 bounds the header list), so both forms are checked
+/// by one function.
+///
+/// # Errors
+/// [`HeadError::BadTarget`] or [`HeadError::MissingToken`].
+pub fn connect_request(
+    target: &str,
+    authorization: Option<&str>,
+    traceparent: Option<&str>,
+) -> Result<ConnectRequest, HeadError> {
+    let (device, port) = parse_target(target)?;
+    let token = authorization
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or(HeadError::MissingToken)?
         .to_owned();
-    let traceparent = header(crate::HEADER_TRACEPARENT).map(str::to_owned);
-    Ok(Parsed::Complete(
-        ConnectRequest {
-            device,
-            port,
-            token,
-            traceparent,
-        },
-        used,
-    ))
+    Ok(ConnectRequest {
+        device,
+        port,
+        token,
+        traceparent: traceparent.map(str::to_owned),
+    })
+}
+
+/// The CONNECT target (`<device>.<namespace>:<port>`) naming `device`'s `port`: the HTTP/1.1
+/// request target and the HTTP/2 `:authority`.
+pub fn connect_target(device: &DeviceKey, port: u16) -> String {
+    format!("{}.{}:{}", device.name(), device.namespace(), port)
 }
 
 fn parse_target(target: &str) -> Result<(DeviceKey, u16), HeadError> {
@@ -129,7 +147,7 @@ fn parse_target(target: &str) -> Result<(DeviceKey, u16), HeadError> {
 
 /// Encodes a CONNECT request head for `device:port` with `token`.
 pub fn encode_connect(device: &DeviceKey, port: u16, token: &str, traceparent: Option<&str>) -> Vec<u8> {
-    let target = format!("{}.{}:{}", device.name(), device.namespace(), port);
+    let target = connect_target(device, port);
     let mut head =
         format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nAuthorization: Bearer {token}\r\n");
     if let Some(tp) = traceparent {
@@ -282,6 +300,20 @@ mod tests {
             parse_connect(many.as_bytes()),
             Err(HeadError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn http2_parts_are_checked_like_a_head() {
+        let target = connect_target(&key(), 22);
+        let req = connect_request(&target, Some("Bearer a.b.c"), None).unwrap();
+        assert_eq!((req.device, req.port, req.token.as_str()), (key(), 22, "a.b.c"));
+        assert_eq!(connect_request(&target, None, None).unwrap_err().status(), 401);
+        assert_eq!(
+            connect_request("pump-7:22", Some("Bearer a"), None)
+                .unwrap_err()
+                .status(),
+            400
+        );
     }
 
     #[test]

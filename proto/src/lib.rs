@@ -24,8 +24,12 @@ pub mod token;
 
 /// ALPN protocol id of a device connection (agent ↔ relay, HTTP/2 with reversed roles).
 pub const ALPN_DEVICE: &[u8] = b"tether/1";
-/// ALPN protocol id of a service connection (client ↔ relay, HTTP/1.1 `CONNECT`).
+/// ALPN protocol id of a service connection carrying one tunnelled TCP connection (client ↔
+/// relay, HTTP/1.1 `CONNECT`).
 pub const ALPN_SERVICE: &[u8] = b"http/1.1";
+/// ALPN protocol id of a multiplexed service connection (client ↔ relay, HTTP/2, one `CONNECT`
+/// stream per tunnelled TCP connection, all for the device the SNI names).
+pub const ALPN_SERVICE_H2: &[u8] = b"h2";
 
 /// HTTP/2 request header carrying the target port on the device (relay → agent).
 pub const HEADER_TARGET_PORT: &str = "tether-target-port";

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 use bytes::{Bytes, BytesMut};
 use prometheus::IntGauge;
 use tether_proto::{
-    ALPN_DEVICE,
+    ALPN_DEVICE, ALPN_SERVICE_H2,
     client_hello::{self, Peeked},
     name::{DeviceKey, NameError},
 };
@@ -26,6 +26,7 @@ use crate::{
     forward,
     listener::Admission,
     metrics::Side,
+    mux,
     reason::{ForwardFailure, Reason},
     service,
 };
@@ -119,13 +120,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, tcp: TcpStream, permit: Admissio
             );
         }
     };
-    let is_device = accepted.tls.get_ref().1.alpn_protocol() == Some(ALPN_DEVICE);
-    if is_device {
-        device::serve(shared, accepted).await;
-    } else {
-        // Boxed: a service connection's future is large, and sharing the task with it would make
-        // every idle device connection's task as large (see device::serve).
-        Box::pin(service::serve(shared, accepted)).await;
+    // Boxed: a service connection's future is large, and sharing the task with it would make
+    // every idle device connection's task as large (see device::serve).
+    match accepted.tls.get_ref().1.alpn_protocol() {
+        Some(ALPN_DEVICE) => device::serve(shared, accepted).await,
+        Some(ALPN_SERVICE_H2) => Box::pin(mux::serve(shared, accepted)).await,
+        _ => Box::pin(service::serve(shared, accepted)).await,
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! A connection's life: [`listener`] accepts it under a connection cap and a pending-handshake cap;
 //! [`handshake`] reads the ClientHello (SNI names the device), terminates TLS and, by ALPN, hands
-//! it to [`device`] (an agent's long-lived HTTP/2 session) or [`service`] (one tunnelled TCP
-//! connection: CONNECT + token, then a spliced HTTP/2 stream to the agent). [`registry`] holds
+//! it to [`device`] (an agent's long-lived HTTP/2 session), [`service`] (one tunnelled TCP
+//! connection: CONNECT + token, then a spliced HTTP/2 stream to the agent) or [`mux`] (a
+//! service's HTTP/2 connection: one CONNECT stream per tunnelled TCP connection). [`registry`] holds
 //! live sessions, `tether_net::admin` serves metrics and health, and [`Relay::run`] drains on shutdown.
 //!
 //! Standalone mode is this crate with every device local. The fleet (Kubernetes membership, SNI
@@ -24,6 +25,7 @@ pub mod handshake;
 pub mod kubernetes;
 pub mod listener;
 pub mod metrics;
+pub mod mux;
 pub mod reason;
 mod rebalance;
 pub mod registry;
@@ -87,6 +89,9 @@ pub(crate) struct Shared {
     pub connections: Arc<Semaphore>,
     /// Cancelled when the drain deadline passes: ends every remaining connection.
     pub hard_stop: CancellationToken,
+    /// Cancelled when the relay stops accepting (drain): multiplexed service connections send
+    /// GOAWAY, so clients open their next streams on a relay that stays.
+    pub goaway: CancellationToken,
     /// Source of device session ids.
     pub next_session_id: AtomicU64,
     /// The relay fleet, in Kubernetes mode; `None` standalone (every device is local).
@@ -267,6 +272,7 @@ impl Relay {
             sources: listener::SourceLimiter::new(config.limits.max_pending_handshakes_per_source),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             hard_stop: CancellationToken::new(),
+            goaway: CancellationToken::new(),
             next_session_id: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             status: fleet.as_ref().map(|_| Arc::new(status::StatusBoard::default())),
@@ -372,6 +378,7 @@ impl Relay {
         tracing::info!(grace = ?limits.drain_grace, deadline = ?limits.drain_deadline, "draining: not ready");
         tokio::time::sleep(limits.drain_grace).await;
         stop_accepting.cancel();
+        shared.goaway.cancel();
         let _ = accept_task.await;
         for task in [peer_task, rebalance_task].into_iter().flatten() {
             let _ = task.await;

@@ -194,6 +194,7 @@ fn admit(shared: &Arc<Shared>, tracker: &TaskTracker, tcp: TcpStream, peer: Sock
     let Some((connection, pending)) = admit_permits(shared, peer) else {
         return;
     };
+    shared.metrics.connections_accepted.inc();
     let _ = tcp.set_nodelay(true);
     let shared = shared.clone();
     let origin = Origin {

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub handshake_failures: IntCounterVec,
     /// Connections currently in their handshake phase.
     pub pending_handshakes: IntGauge,
+    /// TCP connections admitted on the data port (each costs a TLS handshake).
+    pub connections_accepted: IntCounter,
+    /// Open multiplexed (HTTP/2) service connections.
+    pub multiplexed_connections: IntGauge,
     /// Device sessions replaced by a reconnect of the same device.
     pub sessions_replaced: IntCounter,
     /// Established connections the relay ended, by reason (`revoked`, `idle_timeout`,
@@ -133,6 +137,14 @@ impl Metrics {
                 "tether_relay_pending_handshakes",
                 "Connections currently in their TLS/preface/request handshake.",
             )?,
+            connections_accepted: IntCounter::new(
+                "tether_relay_connections_accepted_total",
+                "TCP connections admitted on the data port (devices and services; each pays a TLS handshake).",
+            )?,
+            multiplexed_connections: IntGauge::new(
+                "tether_relay_multiplexed_connections",
+                "Open HTTP/2 service connections (each carries many tunnelled connections).",
+            )?,
             sessions_replaced: IntCounter::new(
                 "tether_relay_device_sessions_replaced_total",
                 "Device sessions replaced by a newer connection of the same device.",
@@ -193,6 +205,8 @@ impl Metrics {
         registry.register(Box::new(m.connected_devices.clone()))?;
         registry.register(Box::new(m.handshake_failures.clone()))?;
         registry.register(Box::new(m.pending_handshakes.clone()))?;
+        registry.register(Box::new(m.connections_accepted.clone()))?;
+        registry.register(Box::new(m.multiplexed_connections.clone()))?;
         registry.register(Box::new(m.sessions_replaced.clone()))?;
         registry.register(Box::new(m.streams_cut.clone()))?;
         let info = IntGauge::with_opts(

@@ -1,5 +1,6 @@
-//! Service connections: one CONNECT request with a stream token, then one HTTP/2 stream to the
-//! device, spliced byte for byte.
+//! Service streams: one CONNECT request with a stream token, then one HTTP/2 stream to the
+//! device, spliced byte for byte. [`serve`] is the HTTP/1.1 form (one TLS connection per stream);
+//! [`crate::mux`] serves the HTTP/2 form with the same [`open`] and [`run`].
 
 use std::{
     sync::Arc,
@@ -16,7 +17,7 @@ use tether_proto::{
     token::StreamClaims,
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     time::timeout_at,
 };
 use tracing::Instrument;
@@ -26,20 +27,20 @@ use crate::{
     handshake::{Accepted, Failure, Tls, report},
     metrics::Side,
     reason::{Cut, Reason},
-    registry::StreamRefusal,
+    registry::{ConnectionGuard, StreamRefusal},
     splice::{Activity, FirstByte, Metered, splice},
     unix_now,
 };
 
 /// A refusal sent to the service as an HTTP answer.
-struct Refusal {
+pub(crate) struct Refusal {
     /// Metric label and `Tether-Error` value; it has an HTTP status.
-    reason: Reason,
-    message: String,
+    pub reason: Reason,
+    pub message: String,
 }
 
 impl Refusal {
-    fn new(reason: Reason, message: impl ToString) -> Self {
+    pub fn new(reason: Reason, message: impl ToString) -> Self {
         debug_assert!(reason.http_status().is_some(), "{reason} is not a stream refusal");
         Self {
             reason,
@@ -47,13 +48,13 @@ impl Refusal {
         }
     }
 
-    fn status(&self) -> u16 {
+    pub fn status(&self) -> u16 {
         // Every reason passed to `new` has a status (checked there, and by reason.rs's tests).
         self.reason.http_status().unwrap_or(500)
     }
 }
 
-/// Serves one service connection: request, authorization, stream setup, splice.
+/// Serves one HTTP/1.1 service connection: request head, authorization, stream setup, splice.
 pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
     let Accepted {
         mut tls,
@@ -65,9 +66,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
     } = *accepted;
     let (request, leftover) = match timeout_at(deadline, read_request(&mut tls)).await {
         Ok(Ok(ok)) => ok,
-        Ok(Err(ReadError::Head(e))) => {
-            return refuse(&shared, tls, Refusal::new(Reason::from(&e), e)).await;
-        }
+        Ok(Err(ReadError::Head(e))) => return refuse(&shared, tls, head_refusal(e)).await,
         Ok(Err(ReadError::Io(f))) => return report(&shared, f),
         Err(_) => {
             return report(
@@ -77,118 +76,173 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
         }
     };
     drop(pending);
-    let started = StdInstant::now();
-    let span = tracing::info_span!("stream", device = %request.device, port = request.port, uid = tracing::field::Empty);
-    // Trace: the client's CONNECT names the parent; the TLS handshake already happened.
-    if let Some(tp) = request.traceparent.as_deref() {
-        tether_net::telemetry::set_remote_parent(&span, tp);
-    }
-    tether_net::telemetry::record_span(&span, "tls", tls_timing.0, tls_timing.1);
+    let span = stream_span(&request, Some(tls_timing));
     async move {
-        let checked =
-            tracing::info_span!("token_check").in_scope(|| authorize(&shared, &sni_device, &request));
-        let claims = match checked {
-            Ok(claims) => claims,
+        let opened = match open(&shared, &sni_device, &request).await {
+            Ok(opened) => opened,
             Err(r) => return refuse(&shared, tls, r).await,
         };
-        tracing::Span::current().record("uid", claims.stream_uid.as_str());
-        let spec_limit = shared
-            .stream_limits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&claims.stream_uid)
-            .copied();
-        let limit = spec_limit
-            .or(claims.max_connections)
-            .unwrap_or(shared.config.limits.default_max_connections_per_stream);
-        let guard = match shared.registry.open_connection(&claims.stream_uid, limit) {
-            Ok(g) => g,
-            Err(StreamRefusal::Revoked) => {
-                return refuse(
-                    &shared,
-                    tls,
-                    Refusal::new(Reason::StreamRevoked, "the stream has been revoked"),
-                )
-                .await;
-            }
-            Err(StreamRefusal::TooManyConnections) => {
-                let msg = format!("the stream already has its maximum of {limit} concurrent connections");
-                return refuse(&shared, tls, Refusal::new(Reason::StreamConnectionLimit, msg)).await;
-            }
-        };
-        let device_stream = match open_stream(&shared, &request, &claims).await {
-            Ok(s) => s,
-            Err(r) => return refuse(&shared, tls, r).await,
-        };
-        let (mut h2, _permit) = device_stream;
         if let Err(e) = tls.write_all(head::encode_established()).await {
             return report(&shared, Failure::new(Side::Service, Reason::Io, e));
         }
         let _ = tls.flush().await;
-        let established_at = std::time::SystemTime::now();
-        let m = &shared.metrics;
-        let counters = shared.status.as_ref().map(|board| {
-            let c = board.stream(&claims.stream_uid);
-            board.connection(&claims.stream_uid, &c, true);
-            c
-        });
-        m.stream_setups.with_label_values(&["ok"]).inc();
-        m.setup_seconds.observe(started.elapsed().as_secs_f64());
-        m.active_streams.inc();
-        tracing::info!(setup_us = started.elapsed().as_micros() as u64, "stream open");
-        let first_byte = Arc::new(std::sync::OnceLock::new());
-        // Bytes the client sent right behind its request head belong to the tunnel.
-        let result = async {
-            if !leftover.is_empty() {
-                m.bytes_to_device.inc_by(leftover.len() as u64);
-                if let Some(c) = &counters {
-                    c.to_device
-                        .fetch_add(leftover.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-                h2.write_all(&leftover).await?;
-            }
-            let activity = Arc::new(Activity::default());
-            let mut service = Metered::new(tls, m.bytes_to_device.clone(), activity.clone())
-                .with_stream_counter(counters.as_ref().map(|c| c.to_device.clone()));
-            let mut device = Metered::new(
-                FirstByte::new(h2, first_byte.clone()),
-                m.bytes_to_service.clone(),
-                activity.clone(),
-            )
-            .with_stream_counter(counters.as_ref().map(|c| c.from_device.clone()));
-            let idle = async {
-                match claims.idle_timeout {
-                    Some(secs) => activity.idle_for(Duration::from_secs(secs)).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                res = splice(&mut service, &mut device) => res.map(Ended::Done),
-                _ = guard.revoked().cancelled() => Ok(Ended::Cut(Cut::Revoked)),
-                _ = shared.hard_stop.cancelled() => Ok(Ended::Cut(Cut::RelayShutdown)),
-                _ = idle => Ok(Ended::Cut(Cut::IdleTimeout)),
-            }
-        }
-        .await;
-        m.active_streams.dec();
-        if let (Some(board), Some(c)) = (&shared.status, &counters) {
-            board.connection(&claims.stream_uid, c, false);
-        }
-        if let Some(at) = first_byte.get() {
-            tether_net::telemetry::record_span(&tracing::Span::current(), "first_byte", established_at, *at);
-        }
-        match result {
-            Ok(Ended::Done((up, down))) => tracing::info!(to_device = up, to_service = down, "stream closed"),
-            Ok(Ended::Cut(why)) => {
-                m.streams_cut.with_label_values(&[why.as_str()]).inc();
-                tracing::info!(reason = why.as_str(), "stream closed by the relay");
-            }
-            Err(e) => tracing::info!(error = %e, "stream ended with an error"),
-        }
-        drop(guard);
+        run(&shared, opened, tls, leftover).await;
     }
     .instrument(span)
     .await;
+}
+
+/// The refusal for a request that could not be parsed.
+pub(crate) fn head_refusal(e: HeadError) -> Refusal {
+    Refusal::new(Reason::from(&e), e)
+}
+
+/// The span of one stream (one tunnelled TCP connection), child of the client's trace; with the
+/// TLS handshake as a `tls` span when the stream paid for one (HTTP/1.1; an HTTP/2 stream reuses
+/// its connection's).
+pub(crate) fn stream_span(
+    request: &ConnectRequest,
+    tls_timing: Option<(std::time::SystemTime, std::time::SystemTime)>,
+) -> tracing::Span {
+    let span = tracing::info_span!("stream", device = %request.device, port = request.port, uid = tracing::field::Empty);
+    if let Some(tp) = request.traceparent.as_deref() {
+        tether_net::telemetry::set_remote_parent(&span, tp);
+    }
+    if let Some((accepted, done)) = tls_timing {
+        tether_net::telemetry::record_span(&span, "tls", accepted, done);
+    }
+    span
+}
+
+/// A stream the relay accepted: authorized, holding its connection and device slots, with its
+/// HTTP/2 stream to the agent open. The caller answers the service (200) and then [`run`]s it.
+pub(crate) struct Opened {
+    claims: StreamClaims,
+    guard: ConnectionGuard,
+    device: H2Stream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    started: StdInstant,
+}
+
+/// Sets a stream up, for either protocol: token check (SNI, target, token agree), the stream's
+/// connection slot (revocation, `maxConnections`), the device's session and stream slot, and
+/// the agent's answer. Runs inside the stream's span.
+///
+/// # Errors
+/// The [`Refusal`] to answer; the caller sends it in its protocol's form and calls
+/// [`refused`].
+pub(crate) async fn open(
+    shared: &Shared,
+    sni_device: &Result<DeviceKey, tether_proto::name::NameError>,
+    request: &ConnectRequest,
+) -> Result<Opened, Refusal> {
+    let started = StdInstant::now();
+    let claims = tracing::info_span!("token_check").in_scope(|| authorize(shared, sni_device, request))?;
+    tracing::Span::current().record("uid", claims.stream_uid.as_str());
+    let spec_limit = shared
+        .stream_limits
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&claims.stream_uid)
+        .copied();
+    let limit = spec_limit
+        .or(claims.max_connections)
+        .unwrap_or(shared.config.limits.default_max_connections_per_stream);
+    let guard = match shared.registry.open_connection(&claims.stream_uid, limit) {
+        Ok(g) => g,
+        Err(StreamRefusal::Revoked) => {
+            return Err(Refusal::new(Reason::StreamRevoked, "the stream has been revoked"));
+        }
+        Err(StreamRefusal::TooManyConnections) => {
+            let msg = format!("the stream already has its maximum of {limit} concurrent connections");
+            return Err(Refusal::new(Reason::StreamConnectionLimit, msg));
+        }
+    };
+    let (device, permit) = open_stream(shared, request, &claims).await?;
+    Ok(Opened {
+        claims,
+        guard,
+        device,
+        _permit: permit,
+        started,
+    })
+}
+
+/// Splices an accepted stream with the service side (`service`: the TLS connection after the
+/// HTTP/1.1 answer, or the service's HTTP/2 stream) until it ends or the relay cuts it;
+/// `leftover` are bytes the service sent behind its request head. Counts and logs the stream.
+pub(crate) async fn run<S>(shared: &Shared, opened: Opened, service: S, leftover: Bytes)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Opened {
+        claims,
+        guard,
+        device: mut h2,
+        _permit,
+        started,
+    } = opened;
+    let established_at = std::time::SystemTime::now();
+    let m = &shared.metrics;
+    let counters = shared.status.as_ref().map(|board| {
+        let c = board.stream(&claims.stream_uid);
+        board.connection(&claims.stream_uid, &c, true);
+        c
+    });
+    m.stream_setups.with_label_values(&["ok"]).inc();
+    m.setup_seconds.observe(started.elapsed().as_secs_f64());
+    m.active_streams.inc();
+    tracing::info!(setup_us = started.elapsed().as_micros() as u64, "stream open");
+    let first_byte = Arc::new(std::sync::OnceLock::new());
+    // Bytes the client sent right behind its request head belong to the tunnel.
+    let result = async {
+        if !leftover.is_empty() {
+            m.bytes_to_device.inc_by(leftover.len() as u64);
+            if let Some(c) = &counters {
+                c.to_device
+                    .fetch_add(leftover.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            h2.write_all(&leftover).await?;
+        }
+        let activity = Arc::new(Activity::default());
+        let mut service = Metered::new(service, m.bytes_to_device.clone(), activity.clone())
+            .with_stream_counter(counters.as_ref().map(|c| c.to_device.clone()));
+        let mut device = Metered::new(
+            FirstByte::new(h2, first_byte.clone()),
+            m.bytes_to_service.clone(),
+            activity.clone(),
+        )
+        .with_stream_counter(counters.as_ref().map(|c| c.from_device.clone()));
+        let idle = async {
+            match claims.idle_timeout {
+                Some(secs) => activity.idle_for(Duration::from_secs(secs)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            res = splice(&mut service, &mut device) => res.map(Ended::Done),
+            _ = guard.revoked().cancelled() => Ok(Ended::Cut(Cut::Revoked)),
+            _ = shared.hard_stop.cancelled() => Ok(Ended::Cut(Cut::RelayShutdown)),
+            _ = idle => Ok(Ended::Cut(Cut::IdleTimeout)),
+        }
+    }
+    .await;
+    m.active_streams.dec();
+    if let (Some(board), Some(c)) = (&shared.status, &counters) {
+        board.connection(&claims.stream_uid, c, false);
+    }
+    if let Some(at) = first_byte.get() {
+        tether_net::telemetry::record_span(&tracing::Span::current(), "first_byte", established_at, *at);
+    }
+    match result {
+        Ok(Ended::Done((up, down))) => tracing::info!(to_device = up, to_service = down, "stream closed"),
+        Ok(Ended::Cut(why)) => {
+            m.streams_cut.with_label_values(&[why.as_str()]).inc();
+            tracing::info!(reason = why.as_str(), "stream closed by the relay");
+        }
+        Err(e) => tracing::info!(error = %e, "stream ended with an error"),
+    }
+    drop(guard);
 }
 
 /// How an established connection ended.
@@ -241,8 +295,9 @@ fn authorize(
         return Err(Refusal::new(
             Reason::SniMismatch,
             format!(
-                "TLS server name names {sni_device} but CONNECT names {}",
-                request.device
+                "TLS server name names {sni_device} but CONNECT names {}: a connection serves only the \
+                 device its server name names (open another connection for {})",
+                request.device, request.device
             ),
         ));
     }
@@ -403,11 +458,17 @@ fn not_connected(device: &DeviceKey, timeout: Duration) -> Refusal {
     )
 }
 
-/// Answers a refusal and closes.
-async fn refuse(shared: &Shared, mut tls: Tls, r: Refusal) {
+/// Counts and logs a refused stream setup.
+pub(crate) fn refused(shared: &Shared, r: &Refusal) {
     let (status, reason) = (r.status(), r.reason.as_str());
     shared.metrics.stream_setups.with_label_values(&[reason]).inc();
     tracing::info!(status, reason, detail = %r.message, "stream refused");
+}
+
+/// Answers a refusal over HTTP/1.1 and closes.
+async fn refuse(shared: &Shared, mut tls: Tls, r: Refusal) {
+    refused(shared, &r);
+    let (status, reason) = (r.status(), r.reason.as_str());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = tls
             .write_all(&head::encode_refusal(status, reason, &r.message))

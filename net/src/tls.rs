@@ -150,8 +150,9 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-/// The relay's server configuration: TLS 1.3, both ALPNs, client certificates optional at the TLS
-/// layer (services authenticate with tokens) and required by the relay for device connections.
+/// The relay's server configuration: TLS 1.3, every ALPN (`tether/1`, `h2`, `http/1.1`), client
+/// certificates optional at the TLS layer (services authenticate with tokens) and required by the
+/// relay for device connections.
 ///
 /// # Errors
 /// When the key does not match the certificate or the CA bundle is unusable.

@@ -309,3 +309,19 @@ impl RawClient {
         Err((status, reason))
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_refusals_end_the_connection_and_the_client_redials() {
+    let s = setup(&[device()]).await;
+    let mux = Mux::new(s.target("not-a-token"));
+    for _ in 0..tether_relay::mux::MAX_REFUSALS_IN_A_ROW {
+        assert_eq!(refusal(mux.open().await.unwrap_err()).1, "token_malformed");
+    }
+    assert_eq!(mux.connections_dialled(), 1);
+    // The relay sent GOAWAY after the last refusal: the next stream needs a new connection, and
+    // still gets its own answer (not a connection error).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(refusal(mux.open().await.unwrap_err()).1, "token_malformed");
+    assert_eq!(mux.connections_dialled(), 2);
+    assert_eq!(s.metric("tether_relay_connections_accepted_total").await, 3.0);
+}

@@ -9,6 +9,8 @@
 #!   * OpenSSH works through `tether connect --stdio` as ProxyCommand: a command runs, and a
 #!     50 MiB random file survives scp to the device and back (sha256 compared; MiB/s printed);
 #!   * `tether connect --listen` forwards plain HTTP (curl against a python http.server);
+#!   * three concurrent OpenSSH sessions through one `tether connect --listen` share one TLS
+#!     connection to the relay (HTTP/2; the relay's accepted-connections counter grows by 1);
 #!   * refusals carry their reason to the CLI: token_wrong_port, token_signature (token from a
 #!     foreign PKI), device_port_not_allowed (port not in the agent's allowlist);
 #!   * `tether-relay` with an empty token key exits 64 with one line naming the file;
@@ -399,6 +401,31 @@ test_scp() {
       m / (t1 - t0), t1 - t0, m / (t2 - t1), t2 - t1 }'
 }
 
+# Three ssh sessions at once through one `tether connect --listen`: each is its own stream on
+# one multiplexed connection, so the relay accepts one TCP connection for all three.
+test_ssh_listen() {
+  start_bg ssh-forward "$BIN/tether" connect "$DEVICE" --port 22 --token-file "$W/p22.token" \
+    --relay "127.0.0.1:$RELAY_PORT" --ca "$W/pki/ca.crt" --listen "127.0.0.1:$SSH_FWD_PORT"
+  wait_for 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SSH_FWD_PORT" || { fail "ssh forwarder did not listen"; return; }
+  local before after i ok=0 pids=()
+  before=$(metric tether_relay_connections_accepted_total)
+  local opts=(-F /dev/null -o StrictHostKeyChecking=no -o "UserKnownHostsFile=$W/known_hosts_fwd"
+    -o BatchMode=yes -o LogLevel=ERROR -o ConnectTimeout=20 -i "$W/client_key" -p "$SSH_FWD_PORT")
+  for i in 1 2 3; do
+    ssh "${opts[@]}" "$SSH_USER@127.0.0.1" "sleep 1; echo session-$i" >"$W/ssh-fwd-$i.out" 2>>"$W/logs/ssh-fwd.log" &
+    pids+=($!)
+  done
+  for i in 1 2 3; do
+    wait "${pids[$((i - 1))]}" && [[ $(cat "$W/ssh-fwd-$i.out") == "session-$i" ]] && ok=$((ok + 1))
+  done
+  after=$(metric tether_relay_connections_accepted_total)
+  if ((ok == 3)) && ((after - before == 1)); then
+    pass "3 concurrent ssh sessions through tether connect --listen on 1 relay connection (HTTP/2)"
+  else
+    fail "ssh through --listen: $ok of 3 sessions ok, relay accepted $((after - before)) connections (want 1)"
+  fi
+}
+
 test_http_forward() {
   start_bg forward "$BIN/tether" connect "$DEVICE" --port 8080 --token-file "$W/p8080.token" \
     --relay "127.0.0.1:$RELAY_PORT" --ca "$W/pki/ca.crt" --listen "127.0.0.1:$FWD_PORT"
@@ -471,7 +498,7 @@ main() {
   W=$(mktemp -d /tmp/tether-e2e.XXXXXX)
   mkdir -p "$W/logs"
   log "work dir: $W"
-  read -r RELAY_PORT ADMIN_PORT SSHD_PORT HTTP_PORT PROXY_PORT FWD_PORT <<<"$(free_ports 6)"
+  read -r RELAY_PORT ADMIN_PORT SSHD_PORT HTTP_PORT PROXY_PORT FWD_PORT SSH_FWD_PORT <<<"$(free_ports 7)"
   log "ports: relay=$RELAY_PORT admin=$ADMIN_PORT sshd=$SSHD_PORT http=$HTTP_PORT proxy=$PROXY_PORT forward=$FWD_PORT"
 
   make_pki
@@ -484,6 +511,7 @@ main() {
   test_ssh_command
   test_scp
   test_http_forward
+  test_ssh_listen
   test_refusals
   test_relay_empty_token_key
   test_metrics

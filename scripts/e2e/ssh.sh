@@ -404,11 +404,14 @@ test_scp() {
 # Three ssh sessions at once through one `tether connect --listen`: each is its own stream on
 # one multiplexed connection, so the relay accepts one TCP connection for all three.
 test_ssh_listen() {
+  local before after i ok=0 pids=()
+  # Counted before the forwarder starts: its readiness probe below is already a tunnelled
+  # connection (the forwarder opens a stream for every local connection), the first on the
+  # multiplexed connection.
+  before=$(metric tether_relay_connections_accepted_total)
   start_bg ssh-forward "$BIN/tether" connect "$DEVICE" --port 22 --token-file "$W/p22.token" \
     --relay "127.0.0.1:$RELAY_PORT" --ca "$W/pki/ca.crt" --listen "127.0.0.1:$SSH_FWD_PORT"
   wait_for 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SSH_FWD_PORT" || { fail "ssh forwarder did not listen"; return; }
-  local before after i ok=0 pids=()
-  before=$(metric tether_relay_connections_accepted_total)
   local opts=(-F /dev/null -o StrictHostKeyChecking=no -o "UserKnownHostsFile=$W/known_hosts_fwd"
     -o BatchMode=yes -o LogLevel=ERROR -o ConnectTimeout=20 -i "$W/client_key" -p "$SSH_FWD_PORT")
   for i in 1 2 3; do

@@ -5,8 +5,14 @@
 #   1. lint       cargo fmt --check, cargo clippy -D warnings
 #   2. unit+int   cargo test for every crate (proto parsers, relay/agent/cli in-process tunnels)
 #   3. e2e        real OpenSSH (ssh + scp) and curl through real relay/agent/tether binaries,
+<<<<<<< HEAD
 #                 the agent behind an authenticating HTTP CONNECT proxy (scripts/e2e/ssh.sh);
 #                 the userspace impairment wire's self-test (scripts/netem/wire.py)
+=======
+#                 the agent behind an authenticating HTTP CONNECT proxy (scripts/e2e/ssh.sh); the
+#                 factory floor: the device in a network namespace behind nftables, the relay in
+#                 its own with egress counters, a dead device link (scripts/e2e/factory.sh)
+>>>>>>> e78407b (e2e factory floor: device behind nftables + authenticating proxy in its own namespace, relay in its own with egress counters (no open relay), dead device leg detected within 3 keepalive intervals; part of the e2e suite)
 #   4. k8s        tests against a real etcd + kube-apiserver + controller-manager, kubectl and helm
 #                 built from the Go module proxy and cached outside the repo (scripts/test-k8s.sh)
 #   5. helm       Tether installed with helm on a real single-node cluster (kubelet, containerd,
@@ -41,6 +47,8 @@ install_system_packages() {
   command -v curl >/dev/null || missing+=(curl)
   command -v tinyproxy >/dev/null || [[ -x /usr/bin/tinyproxy ]] || missing+=(tinyproxy)
   command -v openssl >/dev/null || missing+=(openssl)
+  command -v nft >/dev/null || [[ -x /usr/sbin/nft ]] || missing+=(nftables)
+  command -v ip >/dev/null || [[ -x /usr/sbin/ip ]] || missing+=(iproute2)
   command -v promtool >/dev/null || missing+=(prometheus) # Debian's; also brings promtool
   if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
@@ -114,7 +122,8 @@ e2e() {
   # itself first: the tests that rely on it are only as good as its impairment.
   python3 scripts/netem/wire.py --self-test &&
     cargo build --release --locked -p tether-cli -p tether-relay -p tether-agent &&
-    TETHER_BIN_DIR="$ROOT/target/release" scripts/e2e/ssh.sh
+    TETHER_BIN_DIR="$ROOT/target/release" scripts/e2e/ssh.sh &&
+    TETHER_BIN_DIR="$ROOT/target/release" scripts/e2e/factory.sh
 }
 
 k8s() {

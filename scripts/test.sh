@@ -7,14 +7,10 @@
 #                 cargo-deny is built once into ~/.cache/tether, in the background from the start
 #   2. unit+int   cargo test for every crate (proto parsers, relay/agent/cli in-process tunnels)
 #   3. e2e        real OpenSSH (ssh + scp) and curl through real relay/agent/tether binaries,
-<<<<<<< HEAD
 #                 the agent behind an authenticating HTTP CONNECT proxy (scripts/e2e/ssh.sh);
-#                 the userspace impairment wire's self-test (scripts/netem/wire.py)
-=======
-#                 the agent behind an authenticating HTTP CONNECT proxy (scripts/e2e/ssh.sh); the
+#                 the userspace impairment wire's self-test (scripts/netem/wire.py); the
 #                 factory floor: the device in a network namespace behind nftables, the relay in
 #                 its own with egress counters, a dead device link (scripts/e2e/factory.sh)
->>>>>>> e78407b (e2e factory floor: device behind nftables + authenticating proxy in its own namespace, relay in its own with egress counters (no open relay), dead device leg detected within 3 keepalive intervals; part of the e2e suite)
 #   4. k8s        tests against a real etcd + kube-apiserver + controller-manager, kubectl and helm
 #                 built from the Go module proxy and cached outside the repo (scripts/test-k8s.sh)
 #   5. helm       Tether installed with helm on a real single-node cluster (kubelet, containerd,

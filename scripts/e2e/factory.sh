@@ -33,6 +33,10 @@
 #!   TETHER_BIN_DIR=target/release scripts/e2e/factory.sh
 #!   KEEP_WORKDIR=1 ...            keep the work dir (logs, rulesets)
 #!   FACTORY_NO_FIREWALL=1 ...     self-check: no dev ruleset; the direct-ssh check must then FAIL
+#!   FACTORY_IMPAIR=1 ...          not in CI (minutes): the dev–hub link is scripts/netem/wire.py
+#!                                 with 100 ms ± 20 ms each way, 1% loss, 0.5% reorder, and
+#!                                 $IMPAIR_MIB MiB (default 100) go to the device and back by scp
+#!                                 with equal SHA-256; replaces the dead-peer part
 #! Last line: `factory: N passed, M failed`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -47,7 +51,10 @@ PROXY_USER=floor PROXY_PASS="uplink-$RANDOM"
 NS_DEV="tf$$-dev" NS_HUB="tf$$-hub" NS_RELAY="tf$$-relay"
 DEV_IP=10.77.1.2 HUB_DEV_IP=10.77.1.1 HUB_RELAY_IP=10.77.2.1 RELAY_IP=10.77.2.2
 RELAY_PORT=8443 ADMIN=127.0.0.1:9090 PROXY_PORT=3128
+# 1 s finds a dead link fast; on the impaired link a PING can wait longer than that behind bulk
+# data in the TCP send queue (200 ms RTT, retransmissions), so that run keeps the 20 s default.
 KEEPALIVE=1
+[[ ${FACTORY_IMPAIR:-0} == 1 ]] && KEEPALIVE=20
 
 cleanup() {
   local rc=$?
@@ -78,17 +85,26 @@ make_namespaces() {
     ip netns add "$ns"
     in_ns "$ns" ip link set lo up
   done
-  ip link add "tf$$d" netns "$NS_DEV" type veth peer name "tf$$hd" netns "$NS_HUB"
   ip link add "tf$$r" netns "$NS_RELAY" type veth peer name "tf$$hr" netns "$NS_HUB"
-  in_ns "$NS_DEV" ip addr add "$DEV_IP/24" dev "tf$$d"
-  in_ns "$NS_HUB" ip addr add "$HUB_DEV_IP/24" dev "tf$$hd"
+  if [[ ${FACTORY_IMPAIR:-0} == 1 ]]; then
+    # The device's link is the userspace impairment wire (the kernel has no netem).
+    start_bg wire python3 "$ROOT/scripts/netem/wire.py" --ns-a "$NS_DEV" --ip-a "$DEV_IP" \
+      --ns-b "$NS_HUB" --ip-b "$HUB_DEV_IP" --dev "tf$$d" \
+      --delay-ms 100 --jitter-ms 20 --loss 1 --reorder 0.5
+    wait_for 20 grep -q ready "$W/logs/wire.log" || die "wire.py did not come up"
+    in_ns "$NS_DEV" ip route add default dev "tf$$d"
+  else
+    ip link add "tf$$d" netns "$NS_DEV" type veth peer name "tf$$hd" netns "$NS_HUB"
+    in_ns "$NS_DEV" ip addr add "$DEV_IP/24" dev "tf$$d"
+    in_ns "$NS_HUB" ip addr add "$HUB_DEV_IP/24" dev "tf$$hd"
+    in_ns "$NS_DEV" ip link set "tf$$d" up
+    in_ns "$NS_HUB" ip link set "tf$$hd" up
+    in_ns "$NS_DEV" ip route add default via "$HUB_DEV_IP"
+  fi
   in_ns "$NS_HUB" ip addr add "$HUB_RELAY_IP/24" dev "tf$$hr"
   in_ns "$NS_RELAY" ip addr add "$RELAY_IP/24" dev "tf$$r"
-  in_ns "$NS_DEV" ip link set "tf$$d" up
-  in_ns "$NS_HUB" ip link set "tf$$hd" up
   in_ns "$NS_HUB" ip link set "tf$$hr" up
   in_ns "$NS_RELAY" ip link set "tf$$r" up
-  in_ns "$NS_DEV" ip route add default via "$HUB_DEV_IP"
   in_ns "$NS_RELAY" ip route add default via "$HUB_RELAY_IP"
   # A per-namespace sysctl (the hub's own), not the host's.
   in_ns "$NS_HUB" sysctl -qw net.ipv4.ip_forward=1
@@ -244,7 +260,7 @@ test_ssh_through_tether() {
   local out user
   user=$(id -un)
   out=$(ssh_hub "$user@press-7" 'echo factory-ok; ip -4 -o addr show' 2>"$W/logs/ssh.log") || true
-  if [[ ${out%%$'\n'*} == factory-ok && $out == *"inet $DEV_IP/"* ]]; then
+  if [[ ${out%%$'\n'*} == factory-ok && $out == *"inet $DEV_IP"[/\ ]* ]]; then
     pass "ssh through tether connect → relay → proxy → agent ran a command in the device namespace ($DEV_IP)"
   else
     fail "ssh through Tether failed: $out $(head -c 300 "$W/logs/ssh.log")"
@@ -389,6 +405,25 @@ NFT
   fi
 }
 
+# A large transfer over the impaired device link: every byte arrives, in order.
+test_impaired_transfer() {
+  local user mib=${IMPAIR_MIB:-100}
+  user=$(id -un)
+  head -c "$((mib << 20))" /dev/urandom >"$W/big.bin"
+  local t0=$SECONDS
+  if scp_hub "$W/big.bin" "$user@press-7:$W/device/big.bin"; then
+    local took=$((SECONDS - t0))
+    if [[ $(sha256sum <"$W/big.bin") == "$(sha256sum <"$W/device/big.bin")" ]]; then
+      pass "$mib MiB over 100 ms ± 20 ms, 1% loss, 0.5% reorder: sha256 equal in $took s ($(awk -v m="$mib" -v t="$took" 'BEGIN { printf "%.2f", m / (t > 0 ? t : 1) }') MiB/s)"
+    else
+      fail "impaired transfer: sha256 differs"
+    fi
+  else
+    fail "scp over the impaired link failed after $((SECONDS - t0)) s"
+  fi
+  log "wire counters: $(stop_bg wire; tail -n 3 "$W/logs/wire.log" | tr '\n' ' ')"
+}
+
 main() {
   local started=$SECONDS
   find_binaries tether tether-relay tether-agent
@@ -407,8 +442,13 @@ main() {
   test_direct_ssh_fails
   open_relay_probes
   check_no_egress "ssh, scp, probes"
-  test_dead_peer
-  check_no_egress "after the dead-peer run"
+  if [[ ${FACTORY_IMPAIR:-0} == 1 ]]; then
+    test_impaired_transfer
+    check_no_egress "after the impaired transfer"
+  else
+    test_dead_peer
+    check_no_egress "after the dead-peer run"
+  fi
   log "finished in $((SECONDS - started)) s"
 }
 

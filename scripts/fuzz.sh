@@ -50,20 +50,25 @@ if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "fuzz: 0 targets passed, ${#SELECTED[@]} failed"
   exit 1
 fi
+# Sanitizer builds outside the clone: CI starts from a fresh clone each time, and a cold build of
+# the agent's dependencies under ASan takes minutes; cargo rebuilds what changed.
+FUZZ_TARGET=${TETHER_FUZZ_TARGET_DIR:-$HOME/.cache/tether/fuzz-target}
 WORK=$(mktemp -d /tmp/tether-fuzz.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 passed=0 failed=0
 # Build each crate's targets once, before the clock of any target starts.
 for crate in $(for t in "${SELECTED[@]}"; do echo "${CRATE[$t]}"; done | sort -u); do
   t0=$SECONDS
-  (cd "$ROOT/$crate" && cargo +nightly fuzz build --release) >"$WORK/build-$crate.log" 2>&1 ||
+  (cd "$ROOT/$crate" && cargo +nightly fuzz build --release --target-dir "$FUZZ_TARGET/$crate") \
+    >"$WORK/build-$crate.log" 2>&1 ||
     { tail -n 30 "$WORK/build-$crate.log"; echo "fuzz: build of $crate/fuzz failed"; exit 1; }
   log "built $crate/fuzz targets in $((SECONDS - t0)) s"
 done
 for t in "${SELECTED[@]}"; do
   crate=${CRATE[$t]:?unknown target $t}
   mkdir -p "$WORK/corpus-$t"
-  (cd "$ROOT/$crate" && cargo +nightly fuzz run --release "$t" "$WORK/corpus-$t" "fuzz/corpus/$t" -- \
+  (cd "$ROOT/$crate" && cargo +nightly fuzz run --release --target-dir "$FUZZ_TARGET/$crate" "$t" \
+    "$WORK/corpus-$t" "fuzz/corpus/$t" -- \
     -max_total_time="$SECONDS_EACH" -max_len="${MAX_LEN[$t]:-4096}" -print_final_stats=1) \
     >"$WORK/$t.log" 2>&1
   rc=$?

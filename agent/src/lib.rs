@@ -29,6 +29,8 @@ pub mod args;
 pub mod config;
 pub mod connector;
 mod forward;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod metrics;
 mod session;
 

@@ -7,7 +7,7 @@ use bytes::BytesMut;
 
 use crate::{
     client_hello::{self, Peeked, Reassembler},
-    head, preface,
+    head, preface, proxy_header,
     token::TokenVerifier,
 };
 
@@ -55,5 +55,27 @@ pub fn token(verifier: &TokenVerifier, data: &[u8]) {
             verifier.verify(text, "tether.local", 1_800_000_000, 30).is_err(),
             "an unsigned input verified"
         );
+    }
+}
+
+/// The PROXY v2 header a peer port reads first: the length check on the fixed part, then the
+/// decoder on exactly the announced bytes (as the peer port reads them). A decoded header
+/// re-encodes to one that decodes to the same addresses.
+pub fn proxy_header(data: &[u8]) {
+    let _ = proxy_header::decode(data);
+    let Some(fixed) = data.get(..proxy_header::FIXED_LEN) else {
+        return;
+    };
+    let fixed: &[u8; proxy_header::FIXED_LEN] = fixed.try_into().expect("length checked");
+    let Ok(total) = proxy_header::announced_len(fixed) else {
+        return;
+    };
+    assert!(total <= proxy_header::MAX_HEADER_LEN);
+    let Some(header) = data.get(..total) else {
+        return;
+    };
+    if let Ok(h) = proxy_header::decode(header) {
+        let again = proxy_header::decode(&proxy_header::encode(h.source, h.destination));
+        assert_eq!(again, Ok(h), "a decoded header does not survive re-encoding");
     }
 }

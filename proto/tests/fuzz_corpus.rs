@@ -62,3 +62,10 @@ fn token_seeds() {
         fuzz::token(&verifier, &s);
     }
 }
+
+#[test]
+fn proxy_header_seeds() {
+    for s in seeds("proxy_header") {
+        fuzz::proxy_header(&s);
+    }
+}

@@ -66,6 +66,10 @@ pub struct Args {
     /// PING interval on device connections.
     #[arg(long, env = "TETHER_RELAY_KEEPALIVE_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
     pub keepalive_interval: Duration,
+    /// How long a keepalive PING may go unanswered before the device is declared dead (its
+    /// session and streams end). A dead peer is found within interval + timeout.
+    #[arg(long, env = "TETHER_RELAY_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
     /// Standalone revocation file: lines `device <namespace>/<name>` and `stream <uid>
     /// <unix-seconds>`, re-read within a second of every change. Must be valid at start; a later
     /// bad version is logged and ignored (the previous revocations stay in force).
@@ -137,6 +141,7 @@ impl Args {
             max_streams_per_device,
             max_connections_per_stream,
             keepalive_interval,
+            keepalive_timeout,
             revocation_file,
             drain_grace,
             drain_deadline,
@@ -157,6 +162,7 @@ impl Args {
             max_streams_per_device,
             default_max_connections_per_stream: max_connections_per_stream,
             keepalive_interval,
+            keepalive_timeout,
             drain_grace,
             drain_deadline,
             ..Limits::default()

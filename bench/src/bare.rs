@@ -15,7 +15,10 @@ use anyhow::Context;
 use tether_net::{pki::Ca, tls};
 use tokio::net::TcpListener;
 
-use crate::systems::{Dialer, direct_tls_configs};
+use crate::{
+    netns::Placement,
+    systems::{Dialer, direct_tls_configs},
+};
 
 /// Flags of the hidden `bare-tls-server` subcommand.
 #[derive(Debug, clap::Args)]
@@ -26,9 +29,12 @@ pub struct ServerArgs {
     /// Private key (PEM).
     #[arg(long)]
     pub key: PathBuf,
+    /// Address to bind (port 0: any free port, printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
 }
 
-/// Runs the bare server on 127.0.0.1 (an ephemeral port, printed on stdout) until killed.
+/// Runs the bare server on `--listen` (its port printed on stdout) until killed.
 ///
 /// # Errors
 /// Bad key material or bind failures.
@@ -41,7 +47,7 @@ pub async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             tls::load_key("key", &args.key)?,
         )?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(args.listen).await?;
     println!("{}", listener.local_addr()?.port());
     std::io::stdout().flush()?;
     loop {
@@ -72,11 +78,20 @@ impl Drop for BareProcess {
 }
 
 impl BareProcess {
-    /// Starts this binary's `bare-tls-server` with a fresh certificate.
+    /// [`BareProcess::start_at`] on loopback.
+    ///
+    /// # Errors
+    /// As there.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_at(&Placement::loopback())
+    }
+
+    /// Starts this binary's `bare-tls-server` with a fresh certificate on the device side of
+    /// `place` (where the target lives).
     ///
     /// # Errors
     /// When the process cannot start or does not report its port.
-    pub fn start() -> anyhow::Result<Self> {
+    pub fn start_at(place: &Placement) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("tether-bench-bare-").tempdir()?;
         let (ca, _) = Ca::generate("tether-bench bare CA", Duration::from_secs(86_400))?;
         let issued = ca.issue_server(&["localhost".into()], &[], Duration::from_secs(86_400))?;
@@ -84,8 +99,18 @@ impl BareProcess {
         std::fs::write(dir.path().join("key.pem"), &issued.key_pem)?;
         let (_, client) = direct_tls_configs(&ca)?;
         let exe = std::env::current_exe()?;
-        let mut child = Command::new(&exe)
+        let mut cmd = match place.dev() {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = cmd
             .arg("bare-tls-server")
+            .arg("--listen")
+            .arg(SocketAddr::new(place.dev_ip, 0).to_string())
             .arg("--cert")
             .arg(dir.path().join("cert.pem"))
             .arg("--key")
@@ -102,7 +127,7 @@ impl BareProcess {
             .parse()
             .with_context(|| format!("bare server said {line:?}"))?;
         let dialer = Dialer::Tls {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            at: place.dev_at(port),
             config: Arc::new(client),
         };
         Ok(Self {

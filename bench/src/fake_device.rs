@@ -60,7 +60,20 @@ pub async fn connect(
     device: &DeviceKey,
     tls: Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let conn = tokio::time::timeout(HANDSHAKE_LIMIT, async {
+    Ok(connect_with_ping(relay, device, tls).await?.0)
+}
+
+/// [`connect`], also returning the connection's PING sender (the instruction-count gate sends
+/// keepalive rounds from the device side, a fixed number of them).
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_with_ping(
+    relay: SocketAddr,
+    device: &DeviceKey,
+    tls: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<(JoinHandle<()>, h2::PingPong)> {
+    let mut conn = tokio::time::timeout(HANDSHAKE_LIMIT, async {
         let tcp = dial(relay).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(device.server_name(RELAY_DOMAIN))?;
@@ -91,7 +104,8 @@ pub async fn connect(
     })
     .await
     .context("device handshake: time bound exceeded")??;
-    Ok(tokio::spawn(serve(conn)))
+    let ping = conn.ping_pong().context("PING sender already taken")?;
+    Ok((tokio::spawn(serve(conn)), ping))
 }
 
 async fn serve<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(

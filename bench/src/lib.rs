@@ -1,12 +1,16 @@
-//! Tether's benchmark harness: seven scenarios, each run against its baselines (direct TCP,
-//! direct TLS 1.3, rathole) in the same run, written to `docs/benchmarks.json` and
+//! Tether's benchmark harness: seven scenarios on loopback and three (bulk, parallel, fairness)
+//! across an impaired WAN link, each run against its baselines (direct TCP, direct TLS 1.3,
+//! rathole, frp, chisel) in the same run, written to `docs/benchmarks.json` and
 //! `docs/benchmarks.md`.
 //!
-//! * [`systems`]: the systems under test and how to open a connection through each.
+//! * [`systems`]: the systems under test and how to open a connection through each;
+//!   [`tether_process`], [`rathole`], [`frp`], [`chisel`] start them as processes.
 //! * [`target`]: the target service behind every system, and its client side.
 //! * [`scenario`]: one module per scenario.
-//! * [`relay_process`], [`bare`], [`fake_device`], [`proc_stats`]: the memory scenarios' separate
-//!   processes, lightweight device connections and `/proc` readings.
+//! * [`netns`], [`wan`]: namespaces and the impaired link of the WAN profile.
+//! * [`relay_process`], [`bare`], [`fake_device`], [`proc_stats`], [`procs`]: separate processes,
+//!   lightweight device connections and `/proc` readings.
+//! * [`icount`]: the instruction-count gate's driver (callgrind).
 //! * [`report`]: records, JSON and Markdown.
 
 use std::{path::PathBuf, time::Instant};
@@ -15,8 +19,13 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 pub mod bare;
+pub mod chisel;
 pub mod fake_device;
+pub mod frp;
+pub mod icount;
+pub mod netns;
 pub mod proc_stats;
+pub mod procs;
 pub mod profile;
 pub mod rathole;
 pub mod relay_process;
@@ -25,6 +34,9 @@ pub mod scenario;
 pub mod stats;
 pub mod systems;
 pub mod target;
+pub mod tether_process;
+pub mod tls_identity;
+pub mod wan;
 
 pub use profile::Profile;
 pub use report::Results;
@@ -33,7 +45,7 @@ pub use report::Results;
 #[derive(Debug, Parser)]
 #[command(
     name = "tether-bench",
-    about = "Benchmarks Tether against direct TCP, direct TLS and rathole"
+    about = "Benchmarks Tether against direct TCP, direct TLS, rathole, frp and chisel"
 )]
 pub struct Args {
     /// Tiny sizes: every scenario in seconds; asserts only that each produced sane numbers.
@@ -42,9 +54,27 @@ pub struct Args {
     /// The `rathole` binary (0.5.0); without it the rathole systems are recorded as unavailable.
     #[arg(long)]
     pub rathole: Option<PathBuf>,
-    /// The `tether-relay` binary for the memory scenarios (default: next to this binary).
+    /// The `frps` binary; with `--frpc`, measures frp's stcp mode.
+    #[arg(long)]
+    pub frps: Option<PathBuf>,
+    /// The `frpc` binary.
+    #[arg(long)]
+    pub frpc: Option<PathBuf>,
+    /// The `chisel` binary.
+    #[arg(long)]
+    pub chisel: Option<PathBuf>,
+    /// The `tether-relay` binary (default: next to this binary).
     #[arg(long)]
     pub relay_bin: Option<PathBuf>,
+    /// The `tether-agent` binary (default: next to this binary).
+    #[arg(long)]
+    pub agent_bin: Option<PathBuf>,
+    /// The `tether` binary (default: next to this binary).
+    #[arg(long)]
+    pub cli_bin: Option<PathBuf>,
+    /// The impairment wire (`scripts/netem/wire.py`); without it the WAN profile is skipped.
+    #[arg(long)]
+    pub wan_wire: Option<PathBuf>,
     /// Where to write the JSON results (default: docs/benchmarks.json, not written in smoke runs).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -57,7 +87,7 @@ pub struct Args {
     /// Run only these scenarios (numbers 1-7, comma separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<u8>,
-    /// Internal modes (separate processes the harness starts).
+    /// Internal modes (separate processes the harness starts) and the instruction-count gate.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -68,6 +98,47 @@ pub enum Command {
     /// A bare rustls server (the memory baseline); prints its port on stdout.
     #[command(hide = true)]
     BareTlsServer(bare::ServerArgs),
+    /// Drives a `tether-relay` (usually under callgrind) through the gate's fixed workload.
+    Icount(icount::Args),
+}
+
+/// The WAN profile: scenarios 1, 2 and 7 across the impaired link, with every system that can
+/// run there.
+///
+/// # Errors
+/// When the link or a core system cannot start, or a scenario fails as a whole.
+async fn run_wan(
+    wire: &std::path::Path,
+    p: &Profile,
+    bins: &systems::Binaries,
+    wanted: &dyn Fn(u8) -> bool,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let link = wan::WanLink::start(wire, &p.wan).context("WAN link")?;
+    let systems = systems::Systems::start(bins, &link.place, "WAN profile: ", results).await?;
+    eprintln!("WAN systems: {}", systems.labels().join(", "));
+    let steps = [
+        (1, scenario::bulk::WAN_NAME),
+        (2, scenario::parallel::WAN_NAME),
+        (7, scenario::fairness::WAN_NAME),
+    ];
+    for (n, name) in steps {
+        if !wanted(n) {
+            continue;
+        }
+        let t = Instant::now();
+        eprintln!("scenario {name} ...");
+        let outcome = match n {
+            1 => scenario::bulk::run(name, p, p.wan_bulk_bytes, &systems, results).await,
+            2 => scenario::parallel::run(name, p, p.wan_parallel_bytes_each, &systems, results).await,
+            _ => scenario::fairness::run(name, p, p.wan_fairness_samples, &systems, results).await,
+        };
+        outcome.with_context(|| format!("scenario {name}"))?;
+        eprintln!("scenario {name} done in {:.1} s", t.elapsed().as_secs_f64());
+    }
+    systems.stop().await;
+    drop(link);
+    Ok(())
 }
 
 /// Runs the selected scenarios and writes the report.
@@ -85,13 +156,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..profile
     };
     let wanted = |n: u8| args.only.is_empty() || args.only.contains(&n);
-    let relay_bin = match &args.relay_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("tether-relay"),
+    let next_to_me = |name: &str| std::env::current_exe().map(|p| p.with_file_name(name));
+    let bins = systems::Binaries {
+        relay: args
+            .relay_bin
+            .clone()
+            .map_or_else(|| next_to_me("tether-relay"), Ok)?,
+        agent: args
+            .agent_bin
+            .clone()
+            .map_or_else(|| next_to_me("tether-agent"), Ok)?,
+        cli: args.cli_bin.clone().map_or_else(|| next_to_me("tether"), Ok)?,
+        rathole: args.rathole.clone(),
+        frps: args.frps.clone(),
+        frpc: args.frpc.clone(),
+        chisel: args.chisel.clone(),
     };
     let started = Instant::now();
-    let mut results = Results::new(&profile, args.rathole.as_deref());
-    let systems = systems::Systems::start(args.rathole.as_deref(), &mut results).await?;
+    let mut results = Results::new(&profile, &bins);
+    let systems = systems::Systems::start(&bins, &netns::Placement::loopback(), "", &mut results).await?;
     eprintln!("systems: {}", systems.labels().join(", "));
     type Step = (u8, &'static str);
     let steps: [Step; 7] = [
@@ -109,23 +192,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         let t = Instant::now();
         eprintln!("scenario {name} ...");
+        let p = &profile;
         let outcome = match n {
-            1 => scenario::bulk::run(&profile, &systems, &mut results).await,
-            2 => scenario::parallel::run(&profile, &systems, &mut results).await,
-            3 => scenario::ping_pong::run(&profile, &systems, &mut results).await,
-            4 => scenario::setup::run(&profile, &systems, &mut results).await,
-            5 => scenario::idle::run(&profile, &relay_bin, &mut results).await,
-            6 => scenario::active::run(&profile, &relay_bin, &systems, &mut results).await,
-            _ => scenario::fairness::run(&profile, &systems, &mut results).await,
+            1 => scenario::bulk::run(name, p, p.bulk_bytes, &systems, &mut results).await,
+            2 => scenario::parallel::run(name, p, p.parallel_bytes_each, &systems, &mut results).await,
+            3 => scenario::ping_pong::run(p, &systems, &mut results).await,
+            4 => scenario::setup::run(p, &systems, &mut results).await,
+            5 => scenario::idle::run(p, &bins.relay, &mut results).await,
+            6 => scenario::active::run(p, &bins.relay, &systems, &mut results).await,
+            _ => scenario::fairness::run(name, p, p.fairness_samples, &systems, &mut results).await,
         };
         outcome.with_context(|| format!("scenario {name}"))?;
         eprintln!("scenario {name} done in {:.1} s", t.elapsed().as_secs_f64());
     }
     systems.stop().await;
+    let wan_wanted = [1, 2, 7].into_iter().any(wanted);
+    match &args.wan_wire {
+        Some(wire) if wan_wanted => run_wan(wire, &profile, &bins, &wanted, &mut results).await?,
+        Some(_) => {}
+        None => results.note("WAN profile: no impairment wire given (--wan-wire); not measured"),
+    }
     results.elapsed_secs = started.elapsed().as_secs_f64();
     eprintln!("{}", report::markdown_tables(&results));
     if args.smoke {
-        let problems = results.sanity(&args.only);
+        let problems = results.sanity(&args.only, args.wan_wire.is_some());
         if !problems.is_empty() {
             bail!("smoke run found problems:\n  {}", problems.join("\n  "));
         }

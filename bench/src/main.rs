@@ -9,6 +9,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match args.command {
         Some(Command::BareTlsServer(server)) => runtime.block_on(tether_bench::bare::serve(server)),
+        Some(Command::Icount(icount)) => runtime.block_on(tether_bench::icount::run(icount)),
         None => runtime.block_on(tether_bench::run(args)),
     }
 }

@@ -1,15 +1,12 @@
 //! Readings from `/proc` (resident memory, CPU time), free ports and a tiny HTTP GET for the
 //! relay's metrics.
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    process::Command,
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{net::TcpListener, process::Command, sync::OnceLock, time::Duration};
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::netns::Endpoint;
 
 /// Resident set size of `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
 ///
@@ -80,9 +77,10 @@ pub async fn cpu_over(pid: u32, window: Duration) -> anyhow::Result<f64> {
 ///
 /// # Errors
 /// Connection errors, timeouts, or a non-200 answer.
-pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub async fn http_get(at: &Endpoint, path: &str) -> anyhow::Result<String> {
     tokio::time::timeout(Duration::from_secs(5), async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let mut s = at.connect().await?;
+        let addr = at.addr;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
             .await?;
         let mut text = String::new();

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::wan::WanConfig;
+
 /// How much work each scenario does, and how long any one measurement may take.
 #[derive(Debug, Clone, Serialize)]
 pub struct Profile {
@@ -48,6 +50,14 @@ pub struct Profile {
     /// Upper bound on any single measurement (one transfer, one sample loop, one setup phase).
     #[serde(serialize_with = "secs")]
     pub phase_timeout: Duration,
+    /// WAN profile, scenario 1: bytes per direction.
+    pub wan_bulk_bytes: u64,
+    /// WAN profile, scenario 2: bytes per stream.
+    pub wan_parallel_bytes_each: u64,
+    /// WAN profile, scenario 7: measured round trips, unloaded and loaded.
+    pub wan_fairness_samples: usize,
+    /// WAN profile: the link.
+    pub wan: WanConfig,
 }
 
 impl Profile {
@@ -72,6 +82,15 @@ impl Profile {
             active_streams: 1_000,
             active_interval: Duration::from_millis(100),
             phase_timeout: Duration::from_secs(120),
+            // ~5 s per direction at the 100 Mbit/s cap: long enough to leave slow start well behind.
+            wan_bulk_bytes: 64 << 20,
+            wan_parallel_bytes_each: 8 << 20,
+            // Each round trip takes the 50 ms RTT at least: 400 samples are ~20 s loaded per system.
+            wan_fairness_samples: 400,
+            wan: WanConfig {
+                delay_ms: 25.0,
+                rate_mbit: 100.0,
+            },
         }
     }
 
@@ -96,6 +115,13 @@ impl Profile {
             active_streams: 20,
             active_interval: Duration::from_millis(50),
             phase_timeout: Duration::from_secs(30),
+            wan_bulk_bytes: 1 << 20,
+            wan_parallel_bytes_each: 256 << 10,
+            wan_fairness_samples: 20,
+            wan: WanConfig {
+                delay_ms: 25.0,
+                rate_mbit: 100.0,
+            },
         }
     }
 }

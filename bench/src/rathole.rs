@@ -1,126 +1,126 @@
-//! rathole 0.5.0 in Tether's topology: a rathole server (the relay's role) and a rathole client
-//! (the agent's role) forwarding one service port to the target, with the `tcp` or `noise`
-//! transport. Both run as child processes, killed when the [`Pair`] is dropped.
+//! rathole 0.5.0 in Tether's topology: a rathole server (the relay's role, service side) and a
+//! rathole client (the agent's role, device side) forwarding one service port to the target,
+//! with the `tcp`, `noise` or `tls` transport. Only the server↔client leg is transported; the
+//! service's connection to the rathole server is plain TCP, so `tls` and `noise` encrypt one leg
+//! where Tether encrypts two.
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::path::Path;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{proc_stats::free_port, target};
+use crate::{
+    netns::{Endpoint, Placement},
+    proc_stats::free_port,
+    procs::{Proc, output, wait_echo},
+    tls_identity::TlsIdentity,
+};
 
-/// A running rathole server and client.
-pub struct Pair {
-    /// The service port: connections here reach the target.
-    pub service: SocketAddr,
-    server: Child,
-    client: Child,
+/// rathole's transports measured here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Unencrypted.
+    Tcp,
+    /// Noise_NK_25519_ChaChaPoly_BLAKE2s.
+    Noise,
+    /// TLS through native-tls (OpenSSL on Linux), server identity from a PKCS#12 file.
+    Tls,
 }
 
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for child in [&mut self.server, &mut self.client] {
-            let _ = child.kill();
-            let _ = child.wait();
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Noise => "noise",
+            Self::Tls => "tls",
         }
     }
 }
 
-impl Pair {
-    /// The server process id (its RSS is the relay-equivalent memory).
-    pub fn server_pid(&self) -> u32 {
-        self.server.id()
-    }
-
-    /// Starts a server and client with `transport` (`tcp` or `noise`) forwarding to `target`,
-    /// and waits until a connection through them reaches the target.
-    ///
-    /// # Errors
-    /// When rathole cannot run or the tunnel does not work within 15 s.
-    pub async fn start(bin: &Path, transport: &str, target: SocketAddr, dir: &Path) -> anyhow::Result<Self> {
-        let dir = dir.join(format!("rathole-{transport}"));
-        std::fs::create_dir_all(&dir)?;
-        let control = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let service = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let (server_noise, client_noise) = if transport == "noise" {
+/// Starts a server and client with `transport` forwarding to `target` and waits until a
+/// connection through them reaches it. Returns the service endpoint and the processes, the
+/// server first.
+///
+/// # Errors
+/// When rathole cannot run or the tunnel does not work within 15 s.
+pub async fn start(
+    bin: &Path,
+    transport: Transport,
+    target: &Endpoint,
+    place: &Placement,
+    identity: Option<&TlsIdentity>,
+    dir: &Path,
+) -> anyhow::Result<(Endpoint, Vec<Proc>)> {
+    let name = transport.name();
+    let dir = dir.join(format!("rathole-{name}"));
+    std::fs::create_dir_all(&dir)?;
+    let control = place.svc_at(free_port()?);
+    let service = place.svc_at(free_port()?);
+    let (server_extra, client_extra) = match transport {
+        Transport::Tcp => (String::new(), String::new()),
+        Transport::Noise => {
             let (private, public) = genkey(bin)?;
             (
                 format!("[server.transport.noise]\nlocal_private_key = \"{private}\"\n"),
                 format!("[client.transport.noise]\nremote_public_key = \"{public}\"\n"),
             )
-        } else {
-            (String::new(), String::new())
-        };
-        let server_toml = format!(
-            "[server]\nbind_addr = \"{control}\"\n[server.transport]\ntype = \"{transport}\"\n{server_noise}\
-             [server.services.bench]\ntoken = \"tether-bench\"\nbind_addr = \"{service}\"\n"
-        );
-        let client_toml = format!(
-            "[client]\nremote_addr = \"{control}\"\n[client.transport]\ntype = \"{transport}\"\n{client_noise}\
-             [client.services.bench]\ntoken = \"tether-bench\"\nlocal_addr = \"{target}\"\n"
-        );
-        std::fs::write(dir.join("server.toml"), server_toml)?;
-        std::fs::write(dir.join("client.toml"), client_toml)?;
-        let spawn = |role: &str| -> anyhow::Result<Child> {
-            let log = std::fs::File::create(dir.join(format!("{role}.log")))?;
-            Command::new(bin)
-                .arg(format!("--{role}"))
-                .arg(dir.join(format!("{role}.toml")))
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("cannot run {}", bin.display()))
-        };
-        let server = spawn("server")?;
-        let client = spawn("client")?;
-        let pair = Self {
-            service,
-            server,
-            client,
-        };
-        pair.wait_ready(Duration::from_secs(15))
-            .await
-            .with_context(|| format!("logs in {}", dir.display()))?;
-        Ok(pair)
-    }
-
-    async fn wait_ready(&self, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let attempt = tokio::time::timeout(Duration::from_secs(1), async {
-                let mut s = tokio::net::TcpStream::connect(self.service).await?;
-                s.write_all(&[target::ECHO, b'x']).await?;
-                let mut b = [0u8; 1];
-                s.read_exact(&mut b).await?;
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            match attempt {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "timed out".into(),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        bail!("rathole tunnel not ready within {limit:?} (last error: {last})")
-    }
+        Transport::Tls => {
+            let id = identity.context("rathole tls needs a TLS identity")?;
+            (
+                format!(
+                    "[server.transport.tls]\npkcs12 = \"{}\"\npkcs12_password = \"{}\"\n",
+                    id.pkcs12.display(),
+                    id.password
+                ),
+                format!(
+                    "[client.transport.tls]\ntrusted_root = \"{}\"\nhostname = \"localhost\"\n",
+                    id.cert.display()
+                ),
+            )
+        }
+    };
+    // `nodelay` is rathole's default (true) for the tcp-based transports; stated so the settings
+    // are visible in the config.
+    let server_toml = format!(
+        "[server]\nbind_addr = \"{}\"\n[server.transport]\ntype = \"{name}\"\n\
+         [server.transport.tcp]\nnodelay = true\n{server_extra}\
+         [server.services.bench]\ntoken = \"tether-bench\"\nbind_addr = \"{}\"\nnodelay = true\n",
+        control.addr, service.addr
+    );
+    let client_toml = format!(
+        "[client]\nremote_addr = \"{}\"\n[client.transport]\ntype = \"{name}\"\n\
+         [client.transport.tcp]\nnodelay = true\n{client_extra}\
+         [client.services.bench]\ntoken = \"tether-bench\"\nlocal_addr = \"{}\"\nnodelay = true\n",
+        control.addr, target.addr
+    );
+    std::fs::write(dir.join("server.toml"), server_toml)?;
+    std::fs::write(dir.join("client.toml"), client_toml)?;
+    let spawn = |role: &str, ns: Option<&str>| {
+        Proc::spawn(
+            ns,
+            bin,
+            [
+                format!("--{role}").into(),
+                dir.join(format!("{role}.toml")).into_os_string(),
+            ],
+            &dir.join(format!("{role}.log")),
+        )
+    };
+    let mut server = spawn("server", place.svc())?;
+    let mut client = spawn("client", place.dev())?;
+    wait_echo(
+        &service,
+        &mut [&mut server, &mut client],
+        std::time::Duration::from_secs(15),
+    )
+    .await
+    .with_context(|| format!("logs in {}", dir.display()))?;
+    Ok((service, vec![server, client]))
 }
 
 /// Runs `rathole --genkey` and returns (private, public) base64 keys.
 fn genkey(bin: &Path) -> anyhow::Result<(String, String)> {
-    let out = Command::new(bin)
-        .arg("--genkey")
-        .output()
-        .context("rathole --genkey")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = output(&bin.to_string_lossy(), ["--genkey"]).context("rathole --genkey")?;
     let after = |label: &str| {
         text.lines()
             .skip_while(|l| !l.contains(label))
@@ -137,8 +137,7 @@ fn genkey(bin: &Path) -> anyhow::Result<(String, String)> {
 
 /// The version rathole reports (`rathole --version`), if it runs.
 pub fn version(bin: &Path) -> Option<String> {
-    let out = Command::new(bin).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = output(&bin.to_string_lossy(), ["--version"]).ok()?;
     text.lines()
         .find_map(|l| {
             l.trim()

@@ -1,10 +1,10 @@
-//! A `tether-relay` process with fresh standalone keys, for the memory scenarios: its resident
-//! memory is read from `/proc/<pid>/status`, apart from the harness's own.
+//! A `tether-relay` process with fresh standalone keys: the relay of the Tether system (see
+//! [`tether_process`](crate::tether_process)) and of the memory scenarios, whose resident memory is
+//! read from `/proc/<pid>/status`, apart from the harness's own.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
-    process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -18,96 +18,130 @@ use tether_cli::{
 use tether_net::{pki::Ca, tls};
 use tether_proto::{name::DeviceKey, token::TokenSigner};
 
-use crate::proc_stats::{free_port, http_get, metric};
+use crate::{
+    netns::{Endpoint, Placement},
+    proc_stats::{free_port, http_get, metric},
+    procs::Proc,
+};
+
+/// A program that runs the relay (e.g. valgrind): the program, its flags, its environment.
+pub type Wrapper<'a> = (&'a Path, &'a [std::ffi::OsString], &'a [(&'a str, &'a str)]);
 
 /// A running relay process; killed on drop.
 pub struct RelayProcess {
-    child: Child,
-    /// Data address.
+    proc: Proc,
+    /// Data address (as reachable from the service side).
     pub addr: SocketAddr,
-    /// Admin address.
-    pub admin: SocketAddr,
+    /// Data endpoint, with its namespace.
+    pub endpoint: Endpoint,
+    /// Admin endpoint.
+    pub admin: Endpoint,
     ca: Ca,
     signer: TokenSigner,
     dir: tempfile::TempDir,
 }
 
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl RelayProcess {
-    /// Creates keys and starts `bin` on loopback with production defaults, except that one stream
-    /// token may carry up to 1,000 connections; waits until `/ready` answers.
+    /// [`RelayProcess::start_at`] on loopback.
+    ///
+    /// # Errors
+    /// As there.
+    pub async fn start(bin: &Path) -> anyhow::Result<Self> {
+        Self::start_at(bin, &Placement::loopback(), &[]).await
+    }
+
+    /// Creates keys and starts `bin` on the service side of `place` with production defaults,
+    /// except that one stream token may carry up to 1,000 connections, no drain wait, and
+    /// `extra` flags; waits until `/ready` answers.
     ///
     /// # Errors
     /// Key generation, a binary that does not start, or a relay not ready within 10 s.
-    pub async fn start(bin: &Path) -> anyhow::Result<Self> {
+    pub async fn start_at(bin: &Path, place: &Placement, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_wrapped(bin, place, extra, None).await
+    }
+
+    /// [`RelayProcess::start_at`], the relay run by `wrapper` (a program, its flags and its
+    /// environment; e.g. valgrind) when given, with a minute to become ready.
+    ///
+    /// # Errors
+    /// As there.
+    pub async fn start_wrapped(
+        bin: &Path,
+        place: &Placement,
+        extra: &[&str],
+        wrapper: Option<Wrapper<'_>>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("tether-bench-relay-").tempdir()?;
+        let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        if place.svc_ip != ips[0] {
+            ips.push(place.svc_ip);
+        }
         standalone::init(
             dir.path(),
             &[RELAY_DOMAIN.to_owned(), "localhost".to_owned()],
-            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            &ips,
         )?;
         let read =
             |name: &str| std::fs::read_to_string(dir.path().join(name)).with_context(|| name.to_owned());
         let ca = Ca::from_pem(&read(files::CA_CERT)?, &read(files::CA_KEY)?)?;
         let signer = TokenSigner::from_pkcs8_pem(&read(files::TOKEN_KEY)?)?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let log = std::fs::File::create(dir.path().join("relay.log"))?;
-        let path = |name: &str| dir.path().join(name);
-        let child = Command::new(bin)
-            .args([
-                "--listen",
-                &addr.to_string(),
-                "--admin-listen",
-                &admin.to_string(),
-            ])
-            .args(["--relay-domain", RELAY_DOMAIN, "--trust-domain", TRUST_DOMAIN])
-            .arg("--tls-cert")
-            .arg(path(files::RELAY_CERT))
-            .arg("--tls-key")
-            .arg(path(files::RELAY_KEY))
-            .arg("--client-ca")
-            .arg(path(files::CA_CERT))
-            .arg("--token-public-key")
-            .arg(path(files::TOKEN_PUB))
-            .args([
-                "--max-connections-per-stream",
-                "1000",
-                "--drain-grace",
-                "0s",
-                "--drain-deadline",
-                "1s",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot run {} (build it: cargo build --release -p tether-relay)",
-                    bin.display()
+        let endpoint = place.svc_at(free_port()?);
+        let admin = place.svc_at(free_port()?);
+        let path = |name: &str| dir.path().join(name).into_os_string();
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--listen".into(),
+            endpoint.addr.to_string().into(),
+            "--admin-listen".into(),
+            admin.addr.to_string().into(),
+            "--relay-domain".into(),
+            RELAY_DOMAIN.into(),
+            "--trust-domain".into(),
+            TRUST_DOMAIN.into(),
+            "--tls-cert".into(),
+            path(files::RELAY_CERT),
+            "--tls-key".into(),
+            path(files::RELAY_KEY),
+            "--client-ca".into(),
+            path(files::CA_CERT),
+            "--token-public-key".into(),
+            path(files::TOKEN_PUB),
+            "--max-connections-per-stream".into(),
+            "1000".into(),
+            "--drain-grace".into(),
+            "0s".into(),
+            "--drain-deadline".into(),
+            "1s".into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        let log = dir.path().join("relay.log");
+        let (proc, ready_limit) = match wrapper {
+            None => (Proc::spawn(place.svc(), bin, args, &log), Duration::from_secs(10)),
+            Some((program, flags, env)) => {
+                let mut all = flags.to_vec();
+                all.push(bin.into());
+                all.extend(args);
+                (
+                    Proc::spawn_env(place.svc(), program, all, &log, env),
+                    Duration::from_secs(60),
                 )
-            })?;
-        let relay = Self {
-            child,
-            addr,
+            }
+        };
+        let proc = proc.context("build it: cargo build --release -p tether-relay")?;
+        let mut relay = Self {
+            proc,
+            addr: endpoint.addr,
+            endpoint,
             admin,
             ca,
             signer,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while http_get(admin, "/ready").await.is_err() {
+        let deadline = Instant::now() + ready_limit;
+        while http_get(&relay.admin, "/ready").await.is_err() {
+            relay.proc.check_alive()?;
             if Instant::now() > deadline {
                 bail!(
-                    "relay not ready within 10 s; see {}",
+                    "relay not ready within {ready_limit:?}; see {}",
                     relay.dir.path().join("relay.log").display()
                 );
             }
@@ -118,7 +152,17 @@ impl RelayProcess {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid()
+    }
+
+    /// The directory holding its keys and log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The process, to check that it still runs.
+    pub fn proc_mut(&mut self) -> &mut Proc {
+        &mut self.proc
     }
 
     /// Devices with a live session, from the relay's metrics.
@@ -126,7 +170,7 @@ impl RelayProcess {
     /// # Errors
     /// When the metrics cannot be read.
     pub async fn connected_devices(&self) -> anyhow::Result<u64> {
-        let text = http_get(self.admin, "/metrics").await?;
+        let text = http_get(&self.admin, "/metrics").await?;
         Ok(metric(&text, "tether_relay_connected_devices").context("no connected_devices metric")? as u64)
     }
 
@@ -172,7 +216,16 @@ impl RelayProcess {
     /// # Errors
     /// Token or CA errors.
     pub fn service_target(&self, device: &DeviceKey, port: u16) -> anyhow::Result<connect::Target> {
-        let token = standalone::mint_with(
+        let token = self.token(device, port)?;
+        tether_cli::testbed::loopback_target(self.ca.cert_pem(), self.addr.port(), device, port, &token)
+    }
+
+    /// A fresh stream token for `device:port` (an hour, the relay's connection limit).
+    ///
+    /// # Errors
+    /// Signing errors.
+    pub fn token(&self, device: &DeviceKey, port: u16) -> anyhow::Result<String> {
+        standalone::mint_with(
             &self.signer,
             &standalone::TokenRequest {
                 device: device.clone(),
@@ -182,7 +235,6 @@ impl RelayProcess {
                 max_connections: None,
                 idle_timeout: None,
             },
-        )?;
-        tether_cli::testbed::loopback_target(self.ca.cert_pem(), self.addr.port(), device, port, &token)
+        )
     }
 }

@@ -10,8 +10,6 @@
 
 use std::{
     io,
-    net::SocketAddr,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -92,42 +90,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> io::Result<()
     }
 }
 
-/// Starts the plain TCP target on 127.0.0.1; returns its address.
-///
-/// # Errors
-/// Bind failures.
-pub async fn start_tcp() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+/// Serves the target protocol on every connection `listener` accepts (in the background).
+pub fn serve_on(listener: TcpListener) {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let _ = tcp.set_nodelay(true);
             tokio::spawn(serve(tcp));
         }
     });
-    Ok(addr)
-}
-
-/// Starts a TLS-terminating target on 127.0.0.1 (the direct TLS baseline); returns its address.
-///
-/// # Errors
-/// Bind failures.
-pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(tls) = acceptor.accept(tcp).await {
-                    let _ = serve(tls).await;
-                }
-            });
-        }
-    });
-    Ok(addr)
 }
 
 async fn bounded<T>(

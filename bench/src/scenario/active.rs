@@ -1,7 +1,7 @@
 //! Scenario 6: many active streams at a low rate (64 bytes each way per interval per stream)
 //! over a set of devices, on a separate `tether-relay` process: its resident memory per active
-//! stream. Baselines: a bare rustls server process with as many active connections, and the
-//! rathole servers with as many active connections through their one client.
+//! stream. Baselines: a bare rustls server process with as many active connections, and each
+//! peer's server (rathole, frps, chisel) with as many active connections through its one client.
 
 use std::{
     path::Path,
@@ -196,16 +196,18 @@ pub async fn run(
     .await?;
     drop(bare);
 
-    for (system, pair) in &systems.rathole {
-        if let Err(e) = measure(
-            p,
-            pair.server_pid(),
-            vec![Dialer::Tcp(pair.service)],
-            system.label(),
-            results,
+    // The peers' servers, with as many active connections through their one device-side client.
+    let peers = systems.entries().iter().filter(|e| {
+        !matches!(
+            e.system,
+            System::Tcp | System::Tls | System::Tether | System::TetherInproc
         )
-        .await
-        {
+    });
+    for entry in peers {
+        let (system, Some(pid)) = (entry.system, entry.server_pid) else {
+            continue;
+        };
+        if let Err(e) = measure(p, pid, vec![entry.dialer.clone()], system.label(), results).await {
             results.note(&format!("{NAME}: {} failed: {e:#}", system.label()));
         }
     }

@@ -16,6 +16,8 @@ use crate::{
 
 /// Scenario name.
 pub const NAME: &str = "7-interactive-fairness";
+/// The scenario's name in the WAN profile.
+pub const WAN_NAME: &str = "7-interactive-fairness-wan";
 
 /// Lets the saturating stream reach full speed before measuring.
 const RAMP: Duration = Duration::from_millis(300);
@@ -31,17 +33,25 @@ struct Probe {
     bulk_secs: f64,
 }
 
-/// Runs the scenario for every system.
+/// Runs the scenario for every system with `samples` round trips each unloaded and loaded,
+/// recording under `name`.
 ///
 /// # Errors
 /// Never for a failing system (that becomes a note).
-pub async fn run(p: &Profile, systems: &Systems, results: &mut Results) -> anyhow::Result<()> {
+pub async fn run(
+    name: &str,
+    p: &Profile,
+    samples: usize,
+    systems: &Systems,
+    results: &mut Results,
+) -> anyhow::Result<()> {
     let rounds = p.rounds.max(1);
-    let per_round = p.fairness_samples.div_ceil(rounds);
+    let per_round = samples.div_ceil(rounds);
     // Every block (unloaded or loaded, one system, one round) gets an equal share of the bound.
     let block_limit = p.phase_timeout / rounds as u32;
     let mut probes = Vec::new();
-    for (system, dialer) in systems.dialers() {
+    for entry in systems.entries() {
+        let (system, dialer) = (&entry.system, &entry.dialer);
         let opened = async {
             let mut s = dial_within(dialer, Duration::from_secs(10)).await?;
             target::warm_up(&mut s, p.ping_warmup, Instant::now() + block_limit).await?;
@@ -58,14 +68,14 @@ pub async fn run(p: &Profile, systems: &Systems, results: &mut Results) -> anyho
                 bulk_bytes: 0.0,
                 bulk_secs: 0.0,
             }),
-            Err(e) => results.note(&format!("{NAME}: {} failed: {e:#}", system.label())),
+            Err(e) => results.note(&format!("{name}: {} failed: {e:#}", system.label())),
         }
     }
     for _ in 0..rounds {
         let mut failed = Vec::new();
         for (i, probe) in probes.iter_mut().enumerate() {
             if let Err(e) = round(probe, per_round, block_limit).await {
-                results.note(&format!("{NAME}: {} failed: {e:#}", probe.system.label()));
+                results.note(&format!("{name}: {} failed: {e:#}", probe.system.label()));
                 failed.push(i);
             }
         }
@@ -80,22 +90,22 @@ pub async fn run(p: &Profile, systems: &Systems, results: &mut Results) -> anyho
             Latencies::new(probe.loaded),
         );
         if unloaded.is_empty() || loaded.is_empty() {
-            results.note(&format!("{NAME}: {} produced no samples in time", system.label()));
+            results.note(&format!("{name}: {} produced no samples in time", system.label()));
             continue;
         }
-        results.add(NAME, system, "p50_unloaded", unloaded.percentile_us(50.0), "us");
-        results.add(NAME, system, "p99_unloaded", unloaded.percentile_us(99.0), "us");
-        results.add(NAME, system, "p50_loaded", loaded.percentile_us(50.0), "us");
-        results.add(NAME, system, "p99_loaded", loaded.percentile_us(99.0), "us");
+        results.add(name, system, "p50_unloaded", unloaded.percentile_us(50.0), "us");
+        results.add(name, system, "p99_unloaded", unloaded.percentile_us(99.0), "us");
+        results.add(name, system, "p50_loaded", loaded.percentile_us(50.0), "us");
+        results.add(name, system, "p99_loaded", loaded.percentile_us(99.0), "us");
         let ratio = loaded.percentile_us(99.0) / unloaded.percentile_us(99.0);
-        results.add(NAME, system, "p99_loaded_vs_unloaded", ratio, "x");
+        results.add(name, system, "p99_loaded_vs_unloaded", ratio, "x");
         let bulk = probe.bulk_bytes / (1024.0 * 1024.0) / probe.bulk_secs.max(1e-9);
-        results.add(NAME, system, "saturating_stream_throughput", bulk, "MiB/s");
+        results.add(name, system, "saturating_stream_throughput", bulk, "MiB/s");
     }
     // On a small machine the saturating stream also competes for CPU with the interactive one,
     // whatever the system; the loaded p99 against direct TLS's loaded p99 separates that from
     // queueing inside the system.
-    results.ratios(NAME, "p99_loaded", System::Tls);
+    results.ratios(name, "p99_loaded", System::Tls);
     Ok(())
 }
 

@@ -1,9 +1,12 @@
-//! The seven scenarios of issue 5, one module each, and helpers they share.
+//! The seven scenarios of issue 5, one module each (1, 2 and 7 also in the WAN profile), and
+//! helpers they share.
 
 use std::{future::Future, time::Instant};
 
 use anyhow::bail;
 use tokio::task::JoinSet;
+
+use crate::{Results, proc_stats::cpu_seconds, systems::Entry};
 
 pub mod active;
 pub mod bulk;
@@ -23,6 +26,67 @@ pub const NAMES: [&str; 7] = [
     active::NAME,
     fairness::NAME,
 ];
+
+/// The WAN profile's scenarios (1, 2 and 7 across the impaired link), in report order.
+pub const WAN_NAMES: [&str; 3] = [bulk::WAN_NAME, parallel::WAN_NAME, fairness::WAN_NAME];
+
+/// CPU time (seconds) used so far by a system's relay-role process and by all its processes;
+/// `None` where the system has no process of its own (or one is gone).
+#[derive(Clone, Copy, Debug)]
+pub struct CpuMark {
+    relay: Option<f64>,
+    all: Option<f64>,
+}
+
+impl CpuMark {
+    /// Reads `/proc/<pid>/stat` of the entry's processes now.
+    pub fn now(entry: &Entry) -> Self {
+        let relay = entry.server_pid.and_then(|pid| cpu_seconds(pid).ok());
+        let all = if entry.pids.is_empty() {
+            None
+        } else {
+            entry
+                .pids
+                .iter()
+                .map(|pid| cpu_seconds(*pid).ok())
+                .sum::<Option<f64>>()
+        };
+        Self { relay, all }
+    }
+
+    /// Records the CPU used since `self` divided by `per` as `<prefix>relay_cpu_<suffix>` and
+    /// `<prefix>all_cpu_<suffix>` (value scaled by `scale`, in `unit`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_since(
+        &self,
+        entry: &Entry,
+        results: &mut Results,
+        scenario: &str,
+        prefix: &str,
+        suffix: &str,
+        per: f64,
+        scale: f64,
+        unit: &str,
+    ) {
+        let now = Self::now(entry);
+        for (what, before, after) in [("relay", self.relay, now.relay), ("all", self.all, now.all)] {
+            if let (Some(b), Some(a)) = (before, after) {
+                results.add(
+                    scenario,
+                    entry.system,
+                    &format!("{prefix}{what}_cpu_{suffix}"),
+                    (a - b) / per * scale,
+                    unit,
+                );
+            }
+        }
+    }
+}
+
+/// Bytes as GiB.
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
+}
 
 /// Runs `make(i)` for `i in 0..count` with at most `concurrency` in flight, stopping at
 /// `deadline`; returns the successes and the number of failures (with the first error's text).

@@ -23,7 +23,8 @@ const PERCENTILES: [(&str, f64); 3] = [("p50", 50.0), ("p99", 99.0), ("p99_9", 9
 pub async fn run(p: &Profile, systems: &Systems, results: &mut Results) -> anyhow::Result<()> {
     let deadline = Instant::now() + p.phase_timeout;
     let mut open: Vec<(System, BoxIo, Vec<Duration>)> = Vec::new();
-    for (system, dialer) in systems.dialers() {
+    for entry in systems.entries() {
+        let (system, dialer) = (&entry.system, &entry.dialer);
         let opened = async {
             let mut s = dial_within(dialer, Duration::from_secs(10)).await?;
             target::warm_up(&mut s, p.ping_warmup, deadline).await?;
@@ -61,7 +62,7 @@ pub async fn run(p: &Profile, systems: &Systems, results: &mut Results) -> anyho
         }
     }
     let base = System::Tls.label();
-    for (system, _) in systems.dialers() {
+    for system in systems.entries().iter().map(|e| &e.system) {
         if *system == System::Tls {
             continue;
         }

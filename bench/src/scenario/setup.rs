@@ -1,7 +1,8 @@
 //! Scenario 4: stream setup on an established device connection. Each setup is a new connection
 //! through the system (for Tether: TCP + TLS to the relay, CONNECT with a token, a new HTTP/2
 //! stream on the agent's existing device connection, the agent's dial to the target) until the
-//! first echoed byte. Sequential setups give time to first byte; concurrent ones the rate.
+//! first echoed byte. Sequential setups give time to first byte; concurrent ones the rate, and the
+//! CPU time per setup of the relay-role process and of all the system's processes.
 
 use std::{
     sync::{
@@ -13,6 +14,7 @@ use std::{
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::CpuMark;
 use crate::{
     Profile, Results,
     stats::Latencies,
@@ -44,7 +46,8 @@ async fn one(dialer: &Dialer, limit: Duration) -> anyhow::Result<Duration> {
 /// Never for a failing system (that becomes a note).
 pub async fn run(p: &Profile, systems: &Systems, results: &mut Results) -> anyhow::Result<()> {
     let limit = Duration::from_secs(10);
-    for (system, dialer) in systems.dialers() {
+    for entry in systems.entries() {
+        let (system, dialer) = (&entry.system, &entry.dialer);
         // Time to first byte, one setup at a time.
         let deadline = Instant::now() + p.phase_timeout;
         let (mut samples, mut failed, mut first_error) = (Vec::with_capacity(p.setup_sequential), 0, None);
@@ -69,6 +72,7 @@ pub async fn run(p: &Profile, systems: &Systems, results: &mut Results) -> anyho
         let done = Arc::new(AtomicUsize::new(0));
         let next = Arc::new(AtomicUsize::new(0));
         let errors = Arc::new(AtomicUsize::new(0));
+        let mark = CpuMark::now(entry);
         let started = Instant::now();
         let deadline = started + p.phase_timeout;
         let workers: Vec<_> = (0..p.setup_concurrency)
@@ -104,6 +108,7 @@ pub async fn run(p: &Profile, systems: &Systems, results: &mut Results) -> anyho
                 ok as f64 / elapsed.as_secs_f64(),
                 "1/s",
             );
+            mark.record_since(entry, results, NAME, "", "per_setup", ok as f64, 1e6, "us");
         }
         if failed > 0 {
             results.note(&format!(
@@ -114,5 +119,6 @@ pub async fn run(p: &Profile, systems: &Systems, results: &mut Results) -> anyho
         }
     }
     results.ratios(NAME, "setups_per_sec", System::Tls);
+    results.ratios(NAME, "ttfb_p99", System::Tls);
     Ok(())
 }

@@ -17,7 +17,9 @@
 #                 kube-proxy in a private network namespace): operator and relays as pods from
 #                 locally built images, ssh/scp through them, failover, upgrade, uninstall
 #                 (scripts/test-helm.sh, scripts/e2e/helm.sh)
-#   6. bench      a smoke run of the benchmark harness (scripts/bench.sh --smoke)
+#   6. bench      a smoke run of the benchmark harness (scripts/bench.sh --smoke), then the
+#                 instruction-count gate: the relay's hot paths under callgrind against the
+#                 committed baseline (scripts/icount.sh; bench/icount-baseline.json)
 #   7. obs        dashboards/alert rules: drift + structure tests, promtool check/test rules; a real
 #                 Prometheus scraping relays, an agent and the operator runs every panel query and
 #                 alert (scripts/e2e/prometheus.sh); OTLP traces into a real receiver
@@ -50,6 +52,7 @@ install_system_packages() {
   command -v nft >/dev/null || [[ -x /usr/sbin/nft ]] || missing+=(nftables)
   command -v ip >/dev/null || [[ -x /usr/sbin/ip ]] || missing+=(iproute2)
   command -v promtool >/dev/null || missing+=(prometheus) # Debian's; also brings promtool
+  command -v callgrind_control >/dev/null || missing+=(valgrind) # the instruction-count gate
   if ((${#missing[@]})); then
     log "installing Debian packages: ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
@@ -153,7 +156,7 @@ helm_suite() {
 }
 
 bench() {
-  scripts/bench.sh --smoke
+  scripts/bench.sh --smoke && scripts/icount.sh
 }
 
 obs() {

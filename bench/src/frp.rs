@@ -37,7 +37,7 @@ pub async fn start(
             "serverAddr = \"{}\"\nserverPort = {}\nloginFailExit = false\nlog.level = \"warn\"\n\
              auth.method = \"token\"\nauth.token = \"tether-bench\"\n\
              transport.protocol = \"tcp\"\ntransport.tcpMux = true\n\
-             transport.tls.enable = true\ntransport.useEncryption = false\ntransport.useCompression = false\n",
+             transport.tls.enable = true\n",
             server.addr.ip(),
             server.addr.port()
         )
@@ -51,14 +51,16 @@ pub async fn start(
     );
     let device_toml = format!(
         "{}\n[[proxies]]\nname = \"bench\"\ntype = \"stcp\"\nsecretKey = \"tether-bench-stcp\"\n\
-         localIP = \"{}\"\nlocalPort = {}\n",
+         localIP = \"{}\"\nlocalPort = {}\n\
+         transport.useEncryption = false\ntransport.useCompression = false\n",
         common(&control),
         target.addr.ip(),
         target.addr.port()
     );
     let visitor_toml = format!(
         "{}\n[[visitors]]\nname = \"bench-visitor\"\ntype = \"stcp\"\nserverName = \"bench\"\n\
-         secretKey = \"tether-bench-stcp\"\nbindAddr = \"{}\"\nbindPort = {}\n",
+         secretKey = \"tether-bench-stcp\"\nbindAddr = \"{}\"\nbindPort = {}\n\
+         transport.useEncryption = false\ntransport.useCompression = false\n",
         common(&control),
         service.addr.ip(),
         service.addr.port()

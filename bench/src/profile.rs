@@ -117,7 +117,7 @@ impl Profile {
             phase_timeout: Duration::from_secs(30),
             wan_bulk_bytes: 1 << 20,
             wan_parallel_bytes_each: 256 << 10,
-            wan_fairness_samples: 20,
+            wan_fairness_samples: 8,
             wan: WanConfig {
                 delay_ms: 25.0,
                 rate_mbit: 100.0,

@@ -103,7 +103,8 @@ impl Results {
     /// For every system with `metric` in `scenario`, records its ratio to `base`'s value as
     /// `<metric>_vs_<base>` (unit `x`).
     pub fn ratios(&mut self, scenario: &str, metric: &str, base: System) {
-        let Some(base_value) = self.get(scenario, base.label(), metric) else {
+        // A zero base (a CPU reading below one clock tick in a smoke run) has no ratio.
+        let Some(base_value) = self.get(scenario, base.label(), metric).filter(|v| *v != 0.0) else {
             return;
         };
         let systems: Vec<String> = self

@@ -229,11 +229,23 @@ impl Systems {
             _dir: dir,
         };
         let dir = systems._dir.path().to_owned();
-        systems.push(System::Tcp, Dialer::Tcp(target.clone()), None, Vec::new());
+        // The direct systems are dialled from the service side, so on the WAN they cross the link.
+        let from_svc = |at: &Endpoint| Endpoint {
+            addr: at.addr,
+            ns: place.svc_ns.clone(),
+        };
+        systems.push(System::Tcp, Dialer::Tcp(from_svc(&target)), None, Vec::new());
 
         let bare = BareProcess::start_at(place)?;
         let pid = bare.pid();
-        systems.push(System::Tls, bare.dialer.clone(), Some(pid), vec![pid]);
+        let dialer = match &bare.dialer {
+            Dialer::Tls { at, config } => Dialer::Tls {
+                at: from_svc(at),
+                config: config.clone(),
+            },
+            other => other.clone(),
+        };
+        systems.push(System::Tls, dialer, Some(pid), vec![pid]);
         systems.keep.push(Box::new(bare));
 
         let tether = TetherProcesses::start(

@@ -42,21 +42,6 @@ const TOKEN_CONNECTIONS: u32 = 4;
 /// Stream setups measured per p99 sample.
 const SAMPLES: usize = 200;
 
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -212,7 +197,7 @@ async fn stream_floods_are_capped_throttled_and_do_not_slow_other_devices() {
         ..Limits::default()
     };
     let bed = Testbed::start(&dir.path().join("pki"), limits).await.unwrap();
-    let echo = echo_server().await;
+    let echo = tether_net::testing::echo_server().await.unwrap();
     let release_sink = CancellationToken::new();
     let sink = sink_server(release_sink.clone()).await;
     let one_conn = DeviceKey::parse("plant-a/flooded-1").unwrap();

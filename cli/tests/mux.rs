@@ -5,7 +5,7 @@
 //! and a bare h2 client written from docs/protocol.md (as a third party would), which can put
 //! streams of different tokens, and of another device, on one connection.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use tether_cli::{
@@ -18,7 +18,7 @@ use tether_proto::{ALPN_SERVICE_H2, head, name::DeviceKey, token::StreamClaims};
 use tether_relay::Limits;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -49,22 +49,6 @@ fn claims(uid: &str, device: &DeviceKey, not_before: u64, expires_at: u64) -> St
     }
 }
 
-/// An echo server; returns its address.
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 struct Setup {
     bed: Testbed,
     _agents: Vec<tether_cli::testbed::RunningAgent>,
@@ -78,7 +62,7 @@ async fn setup(devices: &[DeviceKey]) -> Setup {
     let bed = Testbed::start(&dir.path().join("pki"), Limits::default())
         .await
         .unwrap();
-    let echo = echo_server().await;
+    let echo = tether_net::testing::echo_server().await.unwrap();
     let mut agents = Vec::new();
     for d in devices {
         let config = bed.agent_config(d, &BTreeMap::from([(7, echo)])).unwrap();

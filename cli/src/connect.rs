@@ -163,11 +163,13 @@ where
     }
 }
 
-/// Opens one stream, once.
-///
-/// # Errors
-/// See [`ConnectError`].
-pub async fn open_once(target: &Target) -> Result<Stream, ConnectError> {
+/// TCP to the target's relay (through the proxy, if any), then TLS with `tls` and the device's
+/// SNI. Returns the stream and `host:port` of the relay for error messages. Shared by the
+/// one-stream (HTTP/1.1) and the multiplexed (HTTP/2) connection.
+pub(crate) async fn dial_tls(
+    target: &Target,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(TlsStream<TcpStream>, String), ConnectError> {
     let relay = format!("{}:{}", target.relay_host, target.relay_port);
     let tcp = dial(&target.relay_host, target.relay_port, target.proxy.as_ref())
         .instrument(tracing::info_span!("dial"))
@@ -178,7 +180,7 @@ pub async fn open_once(target: &Target) -> Result<Stream, ConnectError> {
         })?;
     let sni = ServerName::try_from(target.device.server_name(&target.relay_domain))
         .map_err(|e| ConnectError::Protocol(format!("bad server name: {e}")))?;
-    let mut tls = TlsConnector::from(target.tls.clone())
+    let tls = TlsConnector::from(tls)
         .connect(sni, tcp)
         .instrument(tracing::info_span!("tls"))
         .await
@@ -186,6 +188,15 @@ pub async fn open_once(target: &Target) -> Result<Stream, ConnectError> {
             relay: relay.clone(),
             source,
         })?;
+    Ok((tls, relay))
+}
+
+/// Opens one stream, once.
+///
+/// # Errors
+/// See [`ConnectError`].
+pub async fn open_once(target: &Target) -> Result<Stream, ConnectError> {
+    let (mut tls, _) = dial_tls(target, target.tls.clone()).await?;
     let request_span = tracing::info_span!("request");
     let traceparent = tether_net::telemetry::traceparent(&request_span);
     async {

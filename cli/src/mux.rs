@@ -19,13 +19,8 @@ use std::{
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{HeaderValue, Method, Request};
-use rustls_pki_types::ServerName;
-use tether_net::{
-    dial::dial,
-    h2io::{self, H2Stream},
-};
+use tether_net::h2io::{self, H2Stream};
 use tether_proto::{ALPN_SERVICE_H2, HEADER_ERROR, HEADER_TRACEPARENT, head};
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -134,25 +129,7 @@ impl Mux {
     /// Dials the relay: TCP (through the proxy, if any), TLS with ALPN `h2`, the HTTP/2
     /// handshake; spawns the connection's task.
     async fn dial(&self) -> Result<Conn, ConnectError> {
-        let target = &self.target;
-        let relay = format!("{}:{}", target.relay_host, target.relay_port);
-        let tcp = dial(&target.relay_host, target.relay_port, target.proxy.as_ref())
-            .instrument(tracing::info_span!("dial"))
-            .await
-            .map_err(|source| ConnectError::Dial {
-                relay: relay.clone(),
-                source,
-            })?;
-        let sni = ServerName::try_from(target.device.server_name(&target.relay_domain))
-            .map_err(|e| ConnectError::Protocol(format!("bad server name: {e}")))?;
-        let tls = TlsConnector::from(self.tls.clone())
-            .connect(sni, tcp)
-            .instrument(tracing::info_span!("tls"))
-            .await
-            .map_err(|source| ConnectError::Tls {
-                relay: relay.clone(),
-                source,
-            })?;
+        let (tls, relay) = connect::dial_tls(&self.target, self.tls.clone()).await?;
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_SERVICE_H2) {
             return Err(ConnectError::Protocol(format!(
                 "relay {relay} does not offer multiplexed connections (ALPN h2)"

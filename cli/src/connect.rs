@@ -7,7 +7,10 @@ use std::{net::SocketAddr, sync::Arc};
 
 use bytes::{Bytes, BytesMut};
 use rustls_pki_types::ServerName;
-use tether_net::dial::{Proxy, dial};
+use tether_net::{
+    dial::{Proxy, dial},
+    h2io,
+};
 use tether_proto::{
     head::{self, Parsed},
     name::DeviceKey,
@@ -261,13 +264,13 @@ where
     splice(local, &mut tls).await
 }
 
-/// Copies both ways until both directions end, with 64 KiB buffers (four TLS records).
+/// Copies both ways until both directions end, with [`h2io::SPLICE_BUFFER`]s.
 async fn splice<L, R>(local: &mut L, remote: &mut R) -> std::io::Result<(u64, u64)>
 where
     L: AsyncRead + AsyncWrite + Unpin + ?Sized,
     R: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    tokio::io::copy_bidirectional_with_sizes(local, remote, 64 * 1024, 64 * 1024).await
+    tokio::io::copy_bidirectional_with_sizes(local, remote, h2io::SPLICE_BUFFER, h2io::SPLICE_BUFFER).await
 }
 
 /// `--stdio`: one stream between stdin/stdout and the device (for ssh `ProxyCommand`).

@@ -28,9 +28,12 @@ pub const STREAM_WINDOW: u32 = 256 * 1024;
 /// Connection receive window, shared by all streams of one device connection: room for several
 /// streams at full speed.
 pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Largest DATA frame. 16 KiB (the protocol default) matches one TLS record, so a large frame only
-/// adds latency for interactive streams sharing the connection without saving records.
-pub const MAX_FRAME_SIZE: u32 = 16 * 1024;
+/// Largest DATA frame we accept. h2 writes one frame per write call and rustls seals at most
+/// 16 KiB per record, so a 16 KiB frame (plus its 9-byte header) cost a full record, a 9-byte
+/// record and a system call per 16 KiB. With 64 KiB frames filled by [`SPLICE_BUFFER`] a frame
+/// is exactly four full records in one `writev` (docs/benchmarks.md "Bulk cycles"). An
+/// interactive frame waits behind at most one such frame being written: ~60 µs at 1 GB/s.
+pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
 /// How much unacknowledged data one stream may queue for sending.
 pub const MAX_SEND_BUFFER: usize = 1024 * 1024;
 /// Default cap on concurrent streams per device connection.
@@ -42,11 +45,12 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Copy buffer per direction when a tunnel's HTTP/2 stream is spliced to TCP (relay: to the
-/// service; agent: to the local target). 64 KiB is four TLS records: fewer wake-ups and h2 frames
-/// per byte than tokio's 8 KiB default (measured +23% download and +36% for ten parallel streams,
-/// docs/benchmarks.md), and small enough that 10k idle-to-busy streams stay cheap (the buffers
-/// exist only while splicing).
-pub const SPLICE_BUFFER: usize = 64 * 1024;
+/// service; agent: to the local target; `tether connect`: to the local client). About 64 KiB:
+/// fewer wake-ups, frames and system calls per byte than tokio's 8 KiB default (measured +23%
+/// download and +36% for ten parallel streams, docs/benchmarks.md), and small enough that 10k
+/// idle-to-busy streams stay cheap (the buffers exist only while splicing). 9 bytes short of
+/// 64 KiB so that a full read plus its HTTP/2 frame header is four full TLS records.
+pub const SPLICE_BUFFER: usize = 64 * 1024 - 9;
 
 /// Why [`keepalive`] declared the peer dead.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +117,8 @@ pub struct H2Stream {
     pending: Bytes,
     /// The peer ended its side (END_STREAM).
     recv_done: bool,
+    /// A receive error that came after data the last read returned; the next read reports it.
+    failed: Option<io::Error>,
 }
 
 impl H2Stream {
@@ -123,6 +129,7 @@ impl H2Stream {
             recv,
             pending: Bytes::new(),
             recv_done: false,
+            failed: None,
         }
     }
 }
@@ -153,25 +160,41 @@ impl AsyncRead for H2Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // Hands out every frame h2 already holds, up to the caller's buffer: the splice loops then
+        // write 64 KiB to the target per system call instead of one 16 KiB frame.
+        let start = buf.filled().len();
         loop {
             if !self.pending.is_empty() {
                 let n = self.pending.len().min(buf.remaining());
                 buf.put_slice(&self.pending[..n]);
                 self.pending.advance(n);
-                return Poll::Ready(Ok(()));
+                if buf.remaining() == 0 || !self.pending.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
             }
             if self.recv_done {
                 return Poll::Ready(Ok(()));
             }
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
+            let filled = buf.filled().len() > start;
+            if let Some(e) = self.failed.take() {
+                return Poll::Ready(Err(e));
+            }
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
                     // Reopen the peer's window for what we took out of h2: at most one frame is
                     // held here, so backpressure still reaches the sender.
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     self.pending = data;
                 }
-                Some(Err(e)) => return Poll::Ready(Err(h2_to_io(e))),
-                None => self.recv_done = true,
+                // The data already copied goes out first; the error on the next read.
+                Poll::Ready(Some(Err(e))) if filled => {
+                    self.failed = Some(h2_to_io(e));
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_to_io(e))),
+                Poll::Ready(None) => self.recv_done = true,
+                Poll::Pending if filled => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }

@@ -5,6 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
+use tether_net::window;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     time::timeout,
@@ -51,6 +52,7 @@ pub(crate) async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, estimator, mut updates) = window::measure(io);
     let handshake = tether_net::h2io::server_builder(settings.max_streams).handshake::<_, Bytes>(io);
     let mut conn = tokio::select! {
         r = timeout(settings.handshake_timeout, handshake) => match r {
@@ -61,7 +63,12 @@ where
         _ = shutdown.cancelled() => return SessionEnd::Shutdown,
     };
     let keepalive = match conn.ping_pong() {
-        Some(pp) => tether_net::h2io::keepalive(pp, settings.keepalive_interval, settings.keepalive_timeout),
+        Some(pp) => tether_net::h2io::keepalive(
+            pp,
+            settings.keepalive_interval,
+            settings.keepalive_timeout,
+            Some(estimator),
+        ),
         // `ping_pong()` hands its handle out once; this is the first call, so it is present.
         None => return SessionEnd::Lost("HTTP/2 ping handle unavailable".into()),
     };
@@ -94,6 +101,7 @@ where
                 None => return SessionEnd::Closed,
             },
             dead = &mut keepalive => return SessionEnd::Lost(format!("relay: {dead}")),
+            w = updates.next() => updates.apply_server(&mut conn, w),
             _ = shutdown.cancelled() => break,
         }
     }

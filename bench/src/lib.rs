@@ -131,7 +131,7 @@ async fn run_wan(
         let outcome = match n {
             1 => scenario::bulk::run(name, p, p.wan_bulk_bytes, &systems, results).await,
             2 => scenario::parallel::run(name, p, p.wan_parallel_bytes_each, &systems, results).await,
-            _ => scenario::fairness::run(name, p, p.wan_fairness_samples, &systems, results).await,
+            _ => scenario::fairness::run(name, p, p.wan_fairness, &systems, results).await,
         };
         outcome.with_context(|| format!("scenario {name}"))?;
         eprintln!("scenario {name} done in {:.1} s", t.elapsed().as_secs_f64());
@@ -200,7 +200,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             4 => scenario::setup::run(p, &systems, &mut results).await,
             5 => scenario::idle::run(p, &bins.relay, &mut results).await,
             6 => scenario::active::run(p, &bins.relay, &systems, &mut results).await,
-            _ => scenario::fairness::run(name, p, p.fairness_samples, &systems, &mut results).await,
+            _ => {
+                let sizes = scenario::fairness::Sizes {
+                    samples: p.fairness_samples,
+                    warmup: p.ping_warmup,
+                    bound: p.phase_timeout,
+                };
+                scenario::fairness::run(name, p, sizes, &systems, &mut results).await
+            }
         };
         outcome.with_context(|| format!("scenario {name}"))?;
         eprintln!("scenario {name} done in {:.1} s", t.elapsed().as_secs_f64());

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::wan::WanConfig;
+use crate::{scenario::fairness::Sizes, wan::WanConfig};
 
 /// How much work each scenario does, and how long any one measurement may take.
 #[derive(Debug, Clone, Serialize)]
@@ -54,8 +54,8 @@ pub struct Profile {
     pub wan_bulk_bytes: u64,
     /// WAN profile, scenario 2: bytes per stream.
     pub wan_parallel_bytes_each: u64,
-    /// WAN profile, scenario 7: measured round trips, unloaded and loaded.
-    pub wan_fairness_samples: usize,
+    /// WAN profile, scenario 7.
+    pub wan_fairness: Sizes,
     /// WAN profile: the link.
     pub wan: WanConfig,
 }
@@ -85,8 +85,14 @@ impl Profile {
             // ~5 s per direction at the 100 Mbit/s cap: long enough to leave slow start well behind.
             wan_bulk_bytes: 64 << 20,
             wan_parallel_bytes_each: 8 << 20,
-            // Each round trip takes the 50 ms RTT at least: 400 samples are ~20 s loaded per system.
-            wan_fairness_samples: 400,
+            // Each round trip takes the 50 ms RTT at least, and loaded ones wait behind the
+            // saturating stream's queue at the wire (up to ~0.5 s for frp in the last run): 200
+            // samples are 10-100 s per system, and a warm-up of 1,000 (loopback's) would be 50 s.
+            wan_fairness: Sizes {
+                samples: 200,
+                warmup: 20,
+                bound: Duration::from_secs(300),
+            },
             wan: WanConfig {
                 delay_ms: 25.0,
                 rate_mbit: 100.0,
@@ -117,7 +123,11 @@ impl Profile {
             phase_timeout: Duration::from_secs(30),
             wan_bulk_bytes: 1 << 20,
             wan_parallel_bytes_each: 256 << 10,
-            wan_fairness_samples: 8,
+            wan_fairness: Sizes {
+                samples: 8,
+                warmup: 2,
+                bound: Duration::from_secs(30),
+            },
             wan: WanConfig {
                 delay_ms: 25.0,
                 rate_mbit: 100.0,
@@ -127,6 +137,6 @@ impl Profile {
 }
 
 /// Serializes a duration as seconds.
-fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }

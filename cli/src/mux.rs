@@ -19,7 +19,10 @@ use std::{
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{HeaderValue, Method, Request};
-use tether_net::h2io::{self, H2Stream};
+use tether_net::{
+    h2io::{self, H2Stream},
+    window,
+};
 use tether_proto::{ALPN_SERVICE_H2, HEADER_ERROR, HEADER_TRACEPARENT, head};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -135,8 +138,9 @@ impl Mux {
                 "relay {relay} does not offer multiplexed connections (ALPN h2)"
             )));
         }
+        let (io, estimator, mut updates) = window::measure(tls);
         let (send, mut connection) = h2io::client_builder(h2io::DEFAULT_MAX_STREAMS)
-            .handshake::<_, Bytes>(tls)
+            .handshake::<_, Bytes>(io)
             .await
             .map_err(|e| ConnectError::Connection(format!("HTTP/2 handshake with {relay}: {e}")))?;
         let closed = CancellationToken::new();
@@ -153,15 +157,22 @@ impl Mux {
                             p,
                             h2io::DEFAULT_KEEPALIVE_INTERVAL,
                             h2io::DEFAULT_KEEPALIVE_TIMEOUT,
+                            Some(estimator),
                         )
                         .await
                         .to_string(),
                         None => std::future::pending().await,
                     }
                 };
-                let why = tokio::select! {
-                    res = &mut connection => res.err().map_or("closed".to_owned(), |e| e.to_string()),
-                    dead = keepalive => dead,
+                tokio::pin!(keepalive);
+                let why = loop {
+                    tokio::select! {
+                        res = &mut connection => {
+                            break res.err().map_or("closed".to_owned(), |e| e.to_string());
+                        }
+                        dead = &mut keepalive => break dead,
+                        w = updates.next() => updates.apply_client(&mut connection, w),
+                    }
                 };
                 tracing::debug!(reason = %why, "relay connection ended");
                 done.cancel();

@@ -15,15 +15,21 @@ use std::{
 
 use bytes::{Buf, Bytes};
 use h2::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::Instant,
+};
 
-/// Per-stream receive window. It bounds how many bytes of one stream can be in flight on the shared
-/// device connection, i.e. how long an interactive stream's next frame waits behind a bulk copy.
+use crate::window::Estimator;
+
+/// Per-stream receive window at the start ([`crate::window`] grows it on long paths). It bounds
+/// how many bytes of one stream can be in flight on the shared device connection, i.e. how long
+/// an interactive stream's next frame waits behind a bulk copy.
 /// Measured on loopback (docs/benchmarks.md): 4 MiB gave ~30 ms interactive p99 next to a
 /// saturating copy, 1 MiB ~4 ms, 256 KiB ~1.8 ms, with no loss of bulk throughput. On a 10 Mbit/s
 /// device uplink 256 KiB is ~200 ms of queue (1 MiB would be ~0.8 s). The cost: one stream tops
-/// out at ~5 MiB/s at 50 ms RTT (parallel streams add up, under [`CONNECTION_WINDOW`]). An
-/// adaptive, BDP-estimated window (as hyper does with PINGs) would lift that; see the benchmarks.
+/// out at ~5 MiB/s at 50 ms RTT unless the window grows, which the adaptive window does where
+/// the path's bandwidth-delay product calls for it.
 pub const STREAM_WINDOW: u32 = 256 * 1024;
 /// Connection receive window, shared by all streams of one device connection: room for several
 /// streams at full speed.
@@ -67,14 +73,41 @@ pub enum PeerDead {
 /// unanswered for `ack_timeout` or fails. Both ends of a device connection use it, with
 /// [`DEFAULT_KEEPALIVE_INTERVAL`] and [`DEFAULT_KEEPALIVE_TIMEOUT`] unless configured. The
 /// connection must be polled concurrently (its task reads the PONG).
-pub async fn keepalive(mut ping_pong: h2::PingPong, interval: Duration, ack_timeout: Duration) -> PeerDead {
+///
+/// With an [`Estimator`] it also times the round trips for the adaptive window: one PING right
+/// away (the path's round trip before any queue), then extra PINGs while data arrives, as the
+/// estimator asks. Every answered PING proves the peer alive, so those count as keepalives.
+pub async fn keepalive(
+    mut ping_pong: h2::PingPong,
+    interval: Duration,
+    ack_timeout: Duration,
+    mut window: Option<Estimator>,
+) -> PeerDead {
     // A sleep after each answer, not a fixed-rate ticker: a slow PONG never queues PINGs.
+    let mut next_keepalive = if window.is_some() {
+        Instant::now()
+    } else {
+        Instant::now() + interval
+    };
     loop {
-        tokio::time::sleep(interval).await;
+        match &window {
+            Some(estimator) => tokio::select! {
+                _ = tokio::time::sleep_until(next_keepalive) => {}
+                _ = estimator.sample_due() => {}
+            },
+            None => tokio::time::sleep_until(next_keepalive).await,
+        }
+        let before = window.as_ref().map_or(0, Estimator::received);
+        let sent = Instant::now();
         match tokio::time::timeout(ack_timeout, ping_pong.ping(h2::Ping::opaque())).await {
             Ok(Ok(_pong)) => {}
             Ok(Err(e)) => return PeerDead::PingFailed(e),
             Err(_) => return PeerDead::NoAnswer(ack_timeout),
+        }
+        next_keepalive = Instant::now() + interval;
+        if let Some(estimator) = &mut window {
+            let bytes = estimator.received() - before;
+            estimator.sample(bytes, sent.elapsed());
         }
     }
 }

@@ -5,6 +5,7 @@
 //! * [`rewind`]: a stream that replays bytes already read from it.
 //! * [`pki`]: a small CA that issues relay serving certificates and device client certificates.
 //! * [`h2io`]: an HTTP/2 stream as `AsyncRead + AsyncWrite`, and the HTTP/2 tuning both ends use.
+//! * [`window`]: the adaptive HTTP/2 receive window (bandwidth-delay product from PINGs).
 //! * [`dial`]: outbound TCP, directly or through an HTTP `CONNECT` proxy (`HTTPS_PROXY`).
 //! * `admin` (feature `admin`): the `/metrics`, `/ready`, `/live` server of relays, the operator and
 //!   (feature `metrics`) the agent.
@@ -29,6 +30,7 @@ pub mod telemetry;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod tls;
+pub mod window;
 
 /// Installs the process-wide rustls crypto provider (ring). Binaries call it first thing in `main`;
 /// calling it twice is harmless.

@@ -4,7 +4,11 @@
 use std::sync::{Arc, atomic::Ordering};
 
 use bytes::BytesMut;
-use tether_net::{h2io, tls::uri_sans};
+use tether_net::{
+    h2io,
+    tls::uri_sans,
+    window::{self, Counted, Estimator, WindowUpdates},
+};
 use tether_proto::{
     name::DeviceKey,
     preface::{Decoded, Preface, PrefaceReply},
@@ -45,7 +49,9 @@ struct Established {
     via: Option<std::net::IpAddr>,
     /// Boxed: a future stores its arguments and its locals separately, so moving the HTTP/2
     /// connection (2.5 KB) into the session's future inline would hold it twice.
-    conn: std::pin::Pin<Box<h2::client::Connection<Tls, bytes::Bytes>>>,
+    conn: std::pin::Pin<Box<h2::client::Connection<Counted<Tls>, bytes::Bytes>>>,
+    /// The adaptive receive window: fed by the keepalive, applied to `conn`.
+    window: (Estimator, WindowUpdates),
 }
 
 /// Admits the device (identity, preface) and runs the HTTP/2 handshake, within the handshake
@@ -88,9 +94,10 @@ async fn establish(shared: &Shared, accepted: Box<Accepted>) -> Option<Establish
         }
     };
     tether_net::dial::tune_device_socket(tls.get_ref().0.inner());
+    let (io, estimator, updates) = window::measure(tls);
     let handshake = timeout_at(
         deadline,
-        h2io::client_builder(shared.config.limits.max_streams_per_device).handshake(tls),
+        h2io::client_builder(shared.config.limits.max_streams_per_device).handshake(io),
     )
     .await;
     drop(pending);
@@ -101,6 +108,7 @@ async fn establish(shared: &Shared, accepted: Box<Accepted>) -> Option<Establish
             send_request,
             via: origin.via,
             conn: Box::pin(conn),
+            window: (estimator, updates),
         }),
         Ok(Err(e)) => {
             report(shared, Failure::new(Side::Device, Reason::Http2, e));
@@ -125,6 +133,7 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
         send_request,
         via,
         mut conn,
+        window: (estimator, mut updates),
     } = established;
     let limits = &shared.config.limits;
     let Some(ping_pong) = conn.ping_pong() else {
@@ -164,14 +173,23 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
         if let Some(board) = &shared.status {
             board.device(&device, true, &agent_version);
         }
-        let keepalive = h2io::keepalive(ping_pong, limits.keepalive_interval, limits.keepalive_timeout);
-        let why = tokio::select! {
-            res = &mut conn => match res {
-                Ok(()) => "connection closed".to_owned(),
-                Err(e) => format!("connection error: {e}"),
-            },
-            dead = keepalive => dead.to_string(),
-            _ = closed.cancelled() => "session replaced or revoked, or relay stopping".to_owned(),
+        let keepalive = h2io::keepalive(
+            ping_pong,
+            limits.keepalive_interval,
+            limits.keepalive_timeout,
+            Some(estimator),
+        );
+        tokio::pin!(keepalive);
+        let why = loop {
+            tokio::select! {
+                res = &mut conn => break match res {
+                    Ok(()) => "connection closed".to_owned(),
+                    Err(e) => format!("connection error: {e}"),
+                },
+                dead = &mut keepalive => break dead.to_string(),
+                _ = closed.cancelled() => break "session replaced or revoked, or relay stopping".to_owned(),
+                w = updates.next() => updates.apply_client(&mut conn, w),
+            }
         };
         let was_current = shared.registry.remove(&device, id);
         shared

@@ -23,7 +23,10 @@ use bytes::Bytes;
 use h2::{RecvStream, server::SendResponse};
 use http::{Method, Response};
 use prometheus::IntGauge;
-use tether_net::h2io::{self, H2Stream};
+use tether_net::{
+    h2io::{self, H2Stream},
+    window,
+};
 use tether_proto::{
     HEADER_ERROR, HEADER_TRACEPARENT,
     head::{self, ConnectRequest, HeadError},
@@ -79,9 +82,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
         pending,
         ..
     } = *accepted;
+    let (io, estimator, mut updates) = window::measure(tls);
     let handshake = timeout_at(
         deadline,
-        h2io::server_builder(MAX_STREAMS_PER_CONNECTION).handshake::<_, Bytes>(tls),
+        h2io::server_builder(MAX_STREAMS_PER_CONNECTION).handshake::<_, Bytes>(io),
     )
     .await;
     let mut conn = match handshake {
@@ -103,7 +107,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
             Failure::new(Side::Internal, Reason::Internal, "h2 ping handle taken"),
         );
     };
-    let keepalive = h2io::keepalive(ping_pong, limits.keepalive_interval, limits.keepalive_timeout);
+    let keepalive = h2io::keepalive(
+        ping_pong,
+        limits.keepalive_interval,
+        limits.keepalive_timeout,
+        Some(estimator),
+    );
     tokio::pin!(keepalive);
     let connection = Arc::new(Connection {
         shared: shared.clone(),
@@ -121,6 +130,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
             next = conn.accept() => next,
             Some(_) = streams.join_next(), if !streams.is_empty() => continue,
             dead = &mut keepalive => break dead.to_string(),
+            w = updates.next() => {
+                updates.apply_server(&mut conn, w);
+                continue;
+            }
             _ = connection.goaway.cancelled(), if !closing => {
                 closing = true;
                 conn.graceful_shutdown();

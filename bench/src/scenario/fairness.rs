@@ -33,28 +33,39 @@ struct Probe {
     bulk_secs: f64,
 }
 
-/// Runs the scenario for every system with `samples` round trips each unloaded and loaded,
-/// recording under `name`.
+/// How many round trips and how long: loopback and WAN differ by three orders of magnitude.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Sizes {
+    /// Measured round trips, unloaded and loaded each, per system.
+    pub samples: usize,
+    /// Unmeasured round trips first.
+    pub warmup: usize,
+    /// Bound on the whole scenario per system; each block gets an equal share.
+    #[serde(serialize_with = "crate::profile::secs")]
+    pub bound: Duration,
+}
+
+/// Runs the scenario for every system, recording under `name`.
 ///
 /// # Errors
 /// Never for a failing system (that becomes a note).
 pub async fn run(
     name: &str,
     p: &Profile,
-    samples: usize,
+    sizes: Sizes,
     systems: &Systems,
     results: &mut Results,
 ) -> anyhow::Result<()> {
     let rounds = p.rounds.max(1);
-    let per_round = samples.div_ceil(rounds);
+    let per_round = sizes.samples.div_ceil(rounds);
     // Every block (unloaded or loaded, one system, one round) gets an equal share of the bound.
-    let block_limit = p.phase_timeout / rounds as u32;
+    let block_limit = sizes.bound / rounds as u32;
     let mut probes = Vec::new();
     for entry in systems.entries() {
         let (system, dialer) = (&entry.system, &entry.dialer);
         let opened = async {
             let mut s = dial_within(dialer, Duration::from_secs(10)).await?;
-            target::warm_up(&mut s, p.ping_warmup, Instant::now() + block_limit).await?;
+            target::warm_up(&mut s, sizes.warmup, Instant::now() + block_limit).await?;
             Ok::<_, anyhow::Error>(s)
         }
         .await;

@@ -42,6 +42,8 @@ pub const MAX_STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// First pause between samples once the window is stable; it grows 4x per stable sample.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// Smallest read that starts a sample.
+const SAMPLE_TRIGGER: usize = 4096;
 /// Pause after a sample in which the sender did not fill the window.
 const APP_LIMITED_PAUSE: Duration = Duration::from_millis(250);
 /// Longest pause between samples while data flows.
@@ -107,7 +109,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let n = buf.filled().len() - before;
         if n > 0 {
             this.received.bytes.fetch_add(n as u64, Ordering::Relaxed);
-            if this.received.armed.load(Ordering::Relaxed)
+            // Only a read of bulk size starts a sample: a keepalive PING (39 bytes with its TLS
+            // record) or a keystroke says nothing about the window, and on an idle device
+            // connection a sample PING per keepalive would double the relay's keepalive work.
+            if n >= SAMPLE_TRIGGER
+                && this.received.armed.load(Ordering::Relaxed)
                 && this.received.armed.swap(false, Ordering::AcqRel)
             {
                 this.received.data.notify_one();

@@ -243,10 +243,13 @@ mod tests {
     /// Every connection's task is as large as `handle`'s future, for as long as the connection
     /// lives: with 10,000 idle devices each KiB here is 10 MiB of relay memory (benchmark
     /// scenario 5). The handshake and service phases are boxed so the task holds only what an
-    /// established device session needs; unboxed, it was 9.8 KB.
+    /// established device session needs; unboxed, it was 9.8 KB. The bound was 1 KiB until the
+    /// adaptive window (`tether_net::window`) added its estimator to the keepalive and its
+    /// update branch to the session loop (1,672 bytes): ~0.65 KiB per idle device, 2.6% of the
+    /// 24.7 KiB measured per idle device, for WAN throughput 3x higher.
     #[test]
     fn the_per_connection_task_stays_small() {
         let size = future_size(&super::handle);
-        assert!(size <= 1024, "handle's future grew to {size} bytes");
+        assert!(size <= 1792, "handle's future grew to {size} bytes");
     }
 }

@@ -62,7 +62,7 @@ pub struct Window {
 #[derive(Debug, Default)]
 struct Received {
     bytes: AtomicU64,
-    /// The estimator waits for the next received byte to start a sample.
+    /// The estimator waits for the next bulk-sized read ([`SAMPLE_TRIGGER`]) to start a sample.
     armed: AtomicBool,
     data: Notify,
 }

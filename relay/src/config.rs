@@ -81,6 +81,23 @@ pub struct Limits {
     pub drain_deadline: Duration,
 }
 
+impl Limits {
+    /// The keepalive (and adaptive-window sampling) of one of the relay's HTTP/2 connections,
+    /// device or multiplexed service, at this relay's interval and timeout.
+    pub(crate) fn keepalive(
+        &self,
+        ping_pong: h2::PingPong,
+        window: tether_net::window::Estimator,
+    ) -> impl std::future::Future<Output = tether_net::h2io::PeerDead> + use<> {
+        tether_net::h2io::keepalive(
+            ping_pong,
+            self.keepalive_interval,
+            self.keepalive_timeout,
+            Some(window),
+        )
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

@@ -173,12 +173,7 @@ async fn run_session(shared: Arc<Shared>, established: Established) {
         if let Some(board) = &shared.status {
             board.device(&device, true, &agent_version);
         }
-        let keepalive = h2io::keepalive(
-            ping_pong,
-            limits.keepalive_interval,
-            limits.keepalive_timeout,
-            Some(estimator),
-        );
+        let keepalive = limits.keepalive(ping_pong, estimator);
         tokio::pin!(keepalive);
         let why = loop {
             tokio::select! {

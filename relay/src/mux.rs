@@ -107,12 +107,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, accepted: Box<Accepted>) {
             Failure::new(Side::Internal, Reason::Internal, "h2 ping handle taken"),
         );
     };
-    let keepalive = h2io::keepalive(
-        ping_pong,
-        limits.keepalive_interval,
-        limits.keepalive_timeout,
-        Some(estimator),
-    );
+    let keepalive = limits.keepalive(ping_pong, estimator);
     tokio::pin!(keepalive);
     let connection = Arc::new(Connection {
         shared: shared.clone(),
